@@ -1,0 +1,82 @@
+"""Checkpoint IO that never leaves a half-written file and never runs code while loading.
+
+Saving writes the whole checkpoint to a temporary file in the target's directory, flushes it to
+disk, then ``os.replace``-s it over the target (atomic on POSIX and Windows). A crash or a full
+disk mid-write leaves the previous checkpoint untouched.
+
+Loading goes through :func:`ldm.checkpoint.safe_torch_load` (``torch.load(weights_only=True)``
+with the few globals Lightning checkpoints need), so resuming with ``-r`` refuses a checkpoint
+crafted to execute code. ``trust_checkpoint=True`` (``--unsafe-load``) allows full unpickling.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+
+def _is_local(path: Any) -> bool:
+    return "://" not in str(path) or str(path).startswith("file://")
+
+
+def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
+    """``torch.save`` to a temporary sibling, fsync, then rename over ``path``."""
+    path = Path(str(path).removeprefix("file://"))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            torch.save(obj, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp_name, path)
+    except BaseException:
+        try:
+            os.remove(tmp_name)
+        except FileNotFoundError:
+            pass
+        raise
+    _fsync_directory(path.parent)
+
+
+def _fsync_directory(directory: Path) -> None:
+    """Make the rename itself durable where the platform allows opening directories."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Pass as ``Trainer(plugins=[AtomicCheckpointIO()])``."""
+
+    def __init__(self, trust_checkpoint: bool = False) -> None:
+        super().__init__()
+        self.trust_checkpoint = trust_checkpoint
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Optional[Any] = None) -> None:
+        if storage_options is not None:
+            raise TypeError(f"{type(self).__name__}.save_checkpoint does not take storage_options")
+        if not _is_local(path):  # remote file systems: Lightning's fsspec transaction
+            return super().save_checkpoint(checkpoint, path)
+        atomic_torch_save(checkpoint, path)
+
+    def load_checkpoint(self, path, map_location: Optional[Any] = None, weights_only: Optional[bool] = None) -> dict:
+        if not _is_local(path):
+            return super().load_checkpoint(path, weights_only=not self.trust_checkpoint)
+        location = "cpu" if map_location is None else map_location
+        if self.trust_checkpoint:
+            return torch.load(path, map_location=location, weights_only=False)
+        from ldm.checkpoint import safe_torch_load
+
+        return safe_torch_load(path, map_location=location)

@@ -1,0 +1,97 @@
+"""Where a run lives: ``<logdir>/<timestamp>_<name><postfix>/`` as in the original main.py.
+
+::
+
+    logs/2024-01-31T12-00-00_my-config/
+        checkpoints/last.ckpt, epoch=000003.ckpt, ...   (trainstep_checkpoints/ when asked)
+        configs/<ts>-project.yaml, <ts>-lightning.yaml  (one pair per start; a resume merges them all)
+        images/train/, images/val/                      (ImageLogger)
+        csv/ or tensorboard/ or wandb/                  (the logger)
+
+``-r`` takes either the run directory or a checkpoint inside ``<run>/checkpoints/``.
+"""
+from __future__ import annotations
+
+import datetime
+import glob
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ldm.cli.config import CLIError
+
+
+def timestamp() -> str:
+    return datetime.datetime.now().strftime("%Y-%m-%dT%H-%M-%S")
+
+
+@dataclass
+class RunPaths:
+    logdir: Path
+    nowname: str
+    now: str
+    resume_ckpt: Path | None = None
+    resumed_configs: list[Path] = field(default_factory=list)
+
+    @property
+    def ckptdir(self) -> Path:
+        return self.logdir / "checkpoints"
+
+    @property
+    def cfgdir(self) -> Path:
+        return self.logdir / "configs"
+
+    @property
+    def imagedir(self) -> Path:
+        return self.logdir / "images"
+
+
+def _run_from_resume(resume: str) -> tuple[Path, Path]:
+    path = Path(resume)
+    if not path.exists():
+        raise CLIError(f"-r/--resume: cannot find {resume}")
+    if path.is_file():
+        # <run>/checkpoints/[sub/]<file>.ckpt -> <run>
+        for parent in path.resolve().parents:
+            if parent.name == "checkpoints":
+                return parent.parent, path
+        raise CLIError(
+            f"-r/--resume: {resume} is not inside a run's checkpoints/ folder; pass the run directory, "
+            "or start a new run from these weights with --init-from"
+        )
+    logdir = path.resolve()
+    ckpt = logdir / "checkpoints" / "last.ckpt"
+    if not ckpt.is_file():
+        raise CLIError(f"-r/--resume: {logdir} has no checkpoints/last.ckpt to resume from")
+    return logdir, ckpt
+
+
+def resolve_run_paths(*, resume: str, name: str, postfix: str, base: list[str], logdir_root: str,
+                      now: str | None = None) -> RunPaths:
+    now = now or timestamp()
+    if resume:
+        logdir, ckpt = _run_from_resume(resume)
+        configs = [Path(p) for p in sorted(glob.glob(str(logdir / "configs" / "*.yaml")))]
+        return RunPaths(logdir=logdir, nowname=logdir.name, now=now, resume_ckpt=ckpt, resumed_configs=configs)
+    if name:
+        suffix = "_" + name
+    elif base:
+        suffix = "_" + Path(base[0]).stem
+    else:
+        suffix = ""
+    nowname = now + suffix + (postfix or "")
+    return RunPaths(logdir=Path(logdir_root) / nowname, nowname=nowname, now=now)
+
+
+def move_to_debug_runs(logdir: Path) -> Path | None:
+    """``-d``: move ``<root>/<run>`` to ``<root>/debug_runs/<run>`` (original behaviour)."""
+    logdir = Path(logdir)
+    if not logdir.exists():
+        return None
+    destination = logdir.parent / "debug_runs" / logdir.name
+    os.makedirs(destination.parent, exist_ok=True)
+    if destination.exists():
+        shutil.rmtree(destination)
+    shutil.move(str(logdir), str(destination))
+    return destination

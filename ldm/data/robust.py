@@ -1,0 +1,126 @@
+"""Skip, count and report unreadable samples instead of crashing a long run.
+
+A map-style dataset built on :class:`SkippingDataset` implements ``load(index)``. When that raises
+one of :data:`~ldm.data.image_ops.UNREADABLE_ERRORS`, ``__getitem__`` warns
+(:class:`CorruptImageWarning`), counts the file and returns the next readable sample instead
+(``index + 1``, ``index + 2``, ... wrapping around). With ``strict=True`` it raises
+:class:`CorruptImageError` at once.
+
+The count lives in shared memory (:class:`SkipCounter`), so skips that happen inside DataLoader
+worker processes are visible on the dataset object in the main process:
+``dataset.num_skipped`` and ``dataset.skip_report()``.
+"""
+from __future__ import annotations
+
+import multiprocessing
+import warnings
+from multiprocessing import context as mp_context
+from typing import Any
+
+from torch.utils.data import Dataset
+
+from ldm.data.image_ops import UNREADABLE_ERRORS
+
+
+class CorruptImageWarning(RuntimeWarning):
+    """An unreadable sample was skipped."""
+
+
+class CorruptImageError(RuntimeError):
+    """An unreadable sample was met in strict mode (or no readable sample was left)."""
+
+
+class SkipCounter:
+    """A process-shared counter of skipped samples, plus this process's list of skipped names.
+
+    The shared value travels to DataLoader workers (fork: inherited; spawn: sent while the worker
+    starts). Pickled in any other situation (e.g. saved with a checkpoint, ``ddp_spawn``) it
+    becomes a fresh counter starting from the current count.
+    """
+
+    def __init__(self, start: int = 0):
+        self._value = multiprocessing.Value("q", start)
+        self.names: list[str] = []
+
+    @property
+    def value(self) -> int:
+        return int(self._value.value)
+
+    def add(self, name: str) -> int:
+        with self._value.get_lock():
+            self._value.value += 1
+            count = int(self._value.value)
+        if name not in self.names:
+            self.names.append(name)
+        return count
+
+    def __reduce__(self):
+        if mp_context.get_spawning_popen() is not None:
+            return (_rebuild_counter, (self._value, list(self.names)))
+        return (_fresh_counter, (self.value, list(self.names)))
+
+
+def _rebuild_counter(shared_value, names):
+    counter = SkipCounter.__new__(SkipCounter)
+    counter._value = shared_value
+    counter.names = names
+    return counter
+
+
+def _fresh_counter(count, names):
+    counter = SkipCounter(count)
+    counter.names = names
+    return counter
+
+
+class SkippingDataset(Dataset):
+    """Base class: subclasses implement ``__len__``, ``load(index) -> dict`` and ``name_of(index)``."""
+
+    def __init__(self, strict: bool = False, max_skips_per_item: int = 50):
+        self.strict = bool(strict)
+        self.max_skips_per_item = int(max_skips_per_item)
+        self._skips = SkipCounter()
+
+    # -- to implement ---------------------------------------------------------------------
+    def load(self, index: int) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def name_of(self, index: int) -> str:
+        return f"sample {index}"
+
+    # -- shared behaviour -----------------------------------------------------------------
+    @property
+    def num_skipped(self) -> int:
+        """How many times an unreadable sample was skipped (summed over DataLoader workers)."""
+        return self._skips.value
+
+    @property
+    def skipped_files(self) -> list[str]:
+        """Names of the unreadable samples this process has met (workers keep their own lists)."""
+        return list(self._skips.names)
+
+    def skip_report(self) -> str:
+        names = self.skipped_files
+        shown = ", ".join(names[:5]) + (" ..." if len(names) > 5 else "")
+        return f"{type(self).__name__}: {self.num_skipped} unreadable sample(s) skipped" + (f" ({shown})" if names else "")
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        length = len(self)
+        if not -length <= index < length:
+            raise IndexError(f"index {index} out of range for {type(self).__name__} of length {length}")
+        index %= length
+        attempts = min(length, self.max_skips_per_item + 1)
+        for offset in range(attempts):
+            current = (index + offset) % length
+            try:
+                return self.load(current)
+            except UNREADABLE_ERRORS as err:
+                name = self.name_of(current)
+                if self.strict:
+                    raise CorruptImageError(f"{type(self).__name__}: cannot read {name}: {err!r} "
+                                            "(strict=True; set strict: false to skip unreadable files)") from err
+                count = self._skips.add(name)
+                warnings.warn(f"{type(self).__name__}: skipping unreadable {name}: {err!r} "
+                              f"({count} skipped so far)", CorruptImageWarning, stacklevel=2)
+        raise CorruptImageError(f"{type(self).__name__}: {attempts} consecutive samples from index {index} "
+                                "are unreadable; check the dataset files")
