@@ -69,7 +69,8 @@ def test_image_logger_writes_train_and_val_pngs(tmp_path):
 def test_image_logger_writes_validation_inputs_exactly(tmp_path):
     """The val loader is unshuffled, so the logged grid must equal the rescaled first images."""
     logger_cb = ImageLogger(batch_frequency=1, max_images=2, increase_log_steps=False, save_dir=str(tmp_path))
-    trainer = _trainer(tmp_path, [logger_cb], max_steps=1, limit_val_batches=1, num_sanity_val_steps=0)
+    trainer = _trainer(tmp_path, [logger_cb], max_steps=1, limit_val_batches=1, num_sanity_val_steps=0,
+                       val_check_interval=1)
     data = TinyData(batch_size=2, validation=True)
     trainer.fit(TinyModule(), data)
     (png_path,) = (tmp_path / "images" / "val").glob("inputs_*.png")
@@ -134,6 +135,7 @@ def test_callback_defaults_merge_with_the_config_and_can_be_removed(tmp_path):
     by_type = {type(c).__name__: c for c in callbacks}
     image_logger = by_type["ImageLogger"]
     assert image_logger.batch_freq == 9 and image_logger.max_images == 4  # user value + default kept
+    assert image_logger.save_dir == str(tmp_path / "run")  # grids go to <run>/images whatever the logger
     assert set(by_type) == {"ImageLogger", "CUDACallback", "EmergencyCheckpoint", "LearningRateMonitor"}
     assert by_type["EmergencyCheckpoint"].ckpt_path.endswith("last.ckpt")
 
@@ -166,7 +168,9 @@ def test_loggers_csv_default_wandb_offline_and_tensorboard(tmp_path, monkeypatch
     assert build_logger(None, "none", paths) is False
     wandb = build_logger({"target": "pytorch_lightning.loggers.WandbLogger", "params": {"project": "p"}}, None, paths)
     assert type(wandb).__name__ == "WandbLogger"
-    assert wandb.name == "NOW_x" and wandb._project == "p" and Path(wandb.save_dir) == paths.logdir
+    init = wandb._wandb_init  # what wandb.init will receive once the run starts
+    assert init["name"] == init["id"] == "NOW_x" and init["project"] == "p" and init["resume"] == "allow"
+    assert Path(wandb.save_dir) == paths.logdir
     legacy = build_logger({"target": "pytorch_lightning.loggers.TestTubeLogger", "params": {"name": "tt"}}, None, paths)
     assert type(legacy).__name__ == "CSVLogger" and legacy.name == "tt"
     try:

@@ -211,3 +211,16 @@ def test_init_from_loads_weights_and_prints_the_key_report(tmp_path, capsys):
     result = main(["-b", str(config), "-l", str(tmp_path / "logs2"), "--init-from", str(safe)])
     assert torch.equal(result.model.net.weight, torch.full((3, 3, 1, 1), -0.25))
     assert "missing keys (left at their initial values): 1" in capsys.readouterr().out  # steps_taken
+
+
+def test_ddp_child_processes_reuse_the_parent_timestamp(tmp_path, monkeypatch):
+    """Lightning re-launches main.py per extra rank; the children must pick the parent's run dir."""
+    import os
+
+    config = write_yaml(tmp_path / "tiny.yaml", tiny_config())
+    monkeypatch.delenv("LDM_RUN_TIMESTAMP", raising=False)
+    parent = main(["-b", str(config), "-l", str(tmp_path / "logs")])
+    assert "LDM_RUN_TIMESTAMP" not in os.environ  # a parent cleans up after itself
+    monkeypatch.setenv("LDM_RUN_TIMESTAMP", parent.paths.now)
+    child = main(["-b", str(config), "-l", str(tmp_path / "logs")])
+    assert child.logdir == parent.logdir

@@ -8,7 +8,6 @@ from omegaconf import OmegaConf
 from lightning.pytorch.utilities.model_helpers import is_overridden
 
 from ldm.data.datamodule import DataModuleFromConfig, collate
-from ldm.data.shapes import ShapesDataset
 from ldm.util import ConfigError, instantiate_from_config
 
 SHAPES_TRAIN = {"target": "ldm.data.shapes.ShapesTrain", "params": {"size": 16, "length": 12}}
@@ -18,7 +17,7 @@ SHAPES_VAL = {"target": "ldm.data.shapes.ShapesValidation", "params": {"size": 1
 def test_builds_loaders_from_a_config_dict_with_the_original_target():
     config = OmegaConf.create({"target": "main.DataModuleFromConfig", "params": {
         "batch_size": 4, "num_workers": 0, "wrap": False, "train": SHAPES_TRAIN, "validation": SHAPES_VAL}})
-    data = instantiate_from_config(config.data if "data" in config else config)
+    data = instantiate_from_config(config, node="data")
     assert isinstance(data, DataModuleFromConfig)
     data.setup("fit")
     batch = next(iter(data.train_dataloader()))

@@ -62,8 +62,12 @@ def test_ranks_split_shards_disjointly(shards, monkeypatch):
 
 def test_shuffle_and_epoch_length(shards):
     out, _, _ = shards
-    shuffled = [s["__key__"] for s in WebImageDataset(str(out), shuffle_buffer=8, shardshuffle=True, seed=1)]
+    stream = WebImageDataset(str(out), shuffle_buffer=8, shardshuffle=True, seed=1)
+    shuffled, second_pass = [s["__key__"] for s in stream], [s["__key__"] for s in stream]
     assert sorted(shuffled) == [f"{i:09d}" for i in range(24)] and shuffled != sorted(shuffled)
+    assert second_pass != shuffled and sorted(second_pass) == sorted(shuffled)  # new order each epoch
+    again = WebImageDataset(str(out), shuffle_buffer=8, shardshuffle=True, seed=1)
+    assert [s["__key__"] for s in again] == shuffled  # reproducible from the seed
     endless = WebImageDataset(str(out), resampled=True, epoch_length=30)
     assert len(endless) == 30 and len(list(endless)) == 30
 

@@ -16,6 +16,15 @@ from ldm.eval.generative import (
 DIM = 8
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # small matmuls on a busy 2-core machine are far faster without thread oversubscription
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def gaussian(n, shift=0.0, seed=0, dim=DIM):
     g = torch.Generator().manual_seed(seed)
     return torch.randn(n, dim, generator=g) + shift
@@ -66,14 +75,14 @@ def test_inception_score_closed_forms():
     # confident, class-balanced predictions: IS = exp(H(p(y))) = K
     labels = torch.arange(n) % k
     confident = torch.nn.functional.one_hot(labels, k).double() * 50.0
-    mean, _ = inception_score(confident, splits=1)
-    assert mean == pytest.approx(k, rel=1e-3)
+    mean, _ = inception_score(confident, splits=2)  # each half is still balanced
+    assert mean == pytest.approx(k, rel=1e-2)  # random splits are only nearly balanced
     # every image gets the same prediction: IS = 1
     same = torch.randn(1, k).repeat(n, 1)
-    assert inception_score(same, splits=1)[0] == pytest.approx(1.0, abs=1e-6)
+    assert inception_score(same, splits=2)[0] == pytest.approx(1.0, abs=1e-6)
     # all mass on 2 of 5 classes: IS = 2
     two = torch.nn.functional.one_hot(torch.arange(n) % 2, k).double() * 50.0
-    assert inception_score(two, splits=1)[0] == pytest.approx(2.0, rel=1e-3)
+    assert inception_score(two, splits=2)[0] == pytest.approx(2.0, rel=1e-2)
     with pytest.raises(ValueError, match="logits"):
         inception_score(None)
 

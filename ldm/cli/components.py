@@ -95,7 +95,7 @@ def default_callbacks(paths: RunPaths, *, debug: bool, with_logger: bool) -> dic
     callbacks = {
         "image_logger": {
             "target": "ldm.callbacks.image_logger.ImageLogger",
-            "params": {"batch_frequency": 750, "max_images": 4, "clamp": True},
+            "params": {"batch_frequency": 750, "max_images": 4, "clamp": True, "save_dir": str(paths.logdir)},
         },
         "cuda_callback": {"target": "ldm.callbacks.cuda.CUDACallback"},
         "emergency_checkpoint": {

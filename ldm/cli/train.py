@@ -11,6 +11,7 @@ state with ``-r``) -> ``test`` when a test split exists.
 """
 from __future__ import annotations
 
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +29,7 @@ from ldm.cli.config import (
     require_section,
     split_lightning,
 )
-from ldm.cli.logdir import RunPaths, move_to_debug_runs, resolve_run_paths
+from ldm.cli.logdir import RunPaths, move_to_debug_runs, resolve_run_paths, timestamp
 from ldm.util import ConfigError, instantiate_from_config
 
 
@@ -99,7 +100,23 @@ def configure_learning_rate(model: Any, config: Mapping, trainer: Any, scale_lr:
 
 
 # -- the run -------------------------------------------------------------------------------
+# Under DDP Lightning re-launches this script once per extra local rank; they inherit the
+# environment, so they read the parent's timestamp and agree on the run directory.
+_RUN_TIMESTAMP_ENV = "LDM_RUN_TIMESTAMP"
+
+
 def run(argv: Sequence[str] | None = None) -> RunResult:
+    inherited = os.environ.get(_RUN_TIMESTAMP_ENV)
+    now = inherited or timestamp()
+    os.environ[_RUN_TIMESTAMP_ENV] = now
+    try:
+        return _run(argv, now)
+    finally:
+        if inherited is None:
+            os.environ.pop(_RUN_TIMESTAMP_ENV, None)
+
+
+def _run(argv: Sequence[str] | None, now: str) -> RunResult:
     opt, dotlist = parse_args(argv)
     if opt.gpus is not None:  # fail fast, before building anything
         gpus = parse_gpus(opt.gpus)
@@ -112,7 +129,7 @@ def run(argv: Sequence[str] | None = None) -> RunResult:
         raise CLIError(f"--init-from: checkpoint not found: {opt.init_from}")
 
     paths = resolve_run_paths(resume=opt.resume, name=opt.name, postfix=opt.postfix, base=opt.base,
-                              logdir_root=opt.logdir)
+                              logdir_root=opt.logdir, now=now)
     config_files = [str(p) for p in paths.resumed_configs] + list(opt.base)
     if not config_files:
         raise ConfigError("no config given: pass one or more -b/--base config.yaml (or -r a run with configs/)")

@@ -17,7 +17,7 @@ import warnings
 from multiprocessing import context as mp_context
 from typing import Any
 
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, get_worker_info
 
 from ldm.data.image_ops import UNREADABLE_ERRORS
 
@@ -33,36 +33,41 @@ class CorruptImageError(RuntimeError):
 class SkipCounter:
     """A process-shared counter of skipped samples, plus this process's list of skipped names.
 
-    The shared value travels to DataLoader workers (fork: inherited; spawn: sent while the worker
-    starts). Pickled in any other situation (e.g. saved with a checkpoint, ``ddp_spawn``) it
-    becomes a fresh counter starting from the current count.
+    The count is a lock-free shared array with one slot per DataLoader worker id (and one for the
+    main process); each process only increments its own slot, so no lock is needed and the
+    counter works with both the fork and the spawn start methods. It travels to DataLoader
+    workers (fork: inherited; spawn: sent while the worker starts). Pickled in any other situation
+    (e.g. saved with a checkpoint, ``ddp_spawn``) it becomes a fresh counter holding the current count.
     """
 
+    SLOTS = 64
+
     def __init__(self, start: int = 0):
-        self._value = multiprocessing.Value("q", start)
+        self._slots = multiprocessing.RawArray("q", self.SLOTS + 1)
+        self._slots[self.SLOTS] = int(start)
         self.names: list[str] = []
 
     @property
     def value(self) -> int:
-        return int(self._value.value)
+        return int(sum(self._slots))
 
     def add(self, name: str) -> int:
-        with self._value.get_lock():
-            self._value.value += 1
-            count = int(self._value.value)
+        info = get_worker_info()
+        slot = info.id % self.SLOTS if info is not None else self.SLOTS
+        self._slots[slot] += 1
         if name not in self.names:
             self.names.append(name)
-        return count
+        return self.value
 
     def __reduce__(self):
         if mp_context.get_spawning_popen() is not None:
-            return (_rebuild_counter, (self._value, list(self.names)))
+            return (_rebuild_counter, (self._slots, list(self.names)))
         return (_fresh_counter, (self.value, list(self.names)))
 
 
-def _rebuild_counter(shared_value, names):
+def _rebuild_counter(slots, names):
     counter = SkipCounter.__new__(SkipCounter)
-    counter._value = shared_value
+    counter._slots = slots
     counter.names = names
     return counter
 

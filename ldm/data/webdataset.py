@@ -22,6 +22,7 @@ import glob
 import io
 import json
 import os
+import random
 import warnings
 from typing import Any, Iterable, Iterator, Sequence
 
@@ -84,6 +85,7 @@ class WebImageDataset(IterableDataset):
         self.strict = bool(strict)
         self.caption_key, self.class_key = caption_key, class_key
         self.epoch = 0
+        self._iterations = 0  # new shuffle order on every pass, also inside persistent workers
         self._skips = SkipCounter()
 
     # -- reporting ------------------------------------------------------------------------
@@ -120,7 +122,7 @@ class WebImageDataset(IterableDataset):
         self._skip("shard data", err)
         return True
 
-    def _pipeline(self):
+    def _pipeline(self, seed: int):
         import webdataset as wds
 
         shardshuffle = 100 if (self.shardshuffle and not self.resampled) else False
@@ -132,7 +134,7 @@ class WebImageDataset(IterableDataset):
             workersplitter=None if self.resampled else wds.split_by_worker,
             handler=self._handler,
             empty_check=False,
-            seed=self.seed + self.epoch,
+            seed=seed,
         )
 
     def decode(self, raw: dict[str, Any]) -> dict[str, Any]:
@@ -170,9 +172,13 @@ class WebImageDataset(IterableDataset):
     def __iter__(self) -> Iterator[dict[str, Any]]:
         import webdataset as wds
 
-        stream: Iterable[dict[str, Any]] = iter(self._pipeline())
+        self._iterations += 1
+        seed = self.seed + 1_000_003 * self.epoch + self._iterations
+        stream: Iterable[dict[str, Any]] = iter(self._pipeline(seed))
         if self.shuffle_buffer > 0:
-            stream = wds.filters.shuffle(self.shuffle_buffer, initial=min(self.shuffle_buffer, 100))(stream)
+            info = get_worker_info()
+            rng = random.Random(seed * 997 + (info.id if info else 0))
+            stream = wds.filters.shuffle(self.shuffle_buffer, initial=min(self.shuffle_buffer, 100), rng=rng)(stream)
         quota = self._quota()
         produced = 0
         for raw in stream:

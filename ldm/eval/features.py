@@ -100,7 +100,12 @@ class RandomCNNFeatures(ImageFeatureExtractor):
         self.name = f"random-cnn:{seed}"
         self.seed = seed
         self.resolution = resolution
-        generator = torch.Generator().manual_seed(seed)
+        with torch.random.fork_rng(devices=[]):  # nn.Conv2d's default init draws from the global RNG
+            self._build(torch.Generator().manual_seed(seed), widths, num_classes)
+        self.requires_grad_(False)
+        self.eval()
+
+    def _build(self, generator: torch.Generator, widths: Iterable[int], num_classes: int) -> None:
         layers: list[nn.Module] = []
         in_ch = 3
         for out_ch in widths:
@@ -117,8 +122,6 @@ class RandomCNNFeatures(ImageFeatureExtractor):
             self.head.weight.copy_(torch.randn(self.head.weight.shape, generator=generator) / math.sqrt(in_ch))
             self.head.bias.zero_()
         self.num_features = in_ch
-        self.requires_grad_(False)
-        self.eval()
         calibration = self._calibration_images(generator)
         with torch.no_grad():
             reference = self._pooled(calibration)

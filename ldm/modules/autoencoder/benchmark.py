@@ -17,12 +17,12 @@ import torch
 from torch.utils.data import DataLoader
 
 
-def _build(config_path: str):
+def _build(config_path: str, overrides: list[str]):
     from omegaconf import OmegaConf
 
     from ldm.util import instantiate_from_config
 
-    config = OmegaConf.load(config_path)
+    config = OmegaConf.merge(OmegaConf.load(config_path), OmegaConf.from_dotlist(overrides))
     model = instantiate_from_config(config.model, node="model")
     data = config.data.params
     train = instantiate_from_config(data.train, node="data.params.train")
@@ -65,6 +65,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--minutes", type=float, default=None, help="wall-clock training budget")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="config overrides, e.g. model.params.ddconfig.ch=64")
     args = parser.parse_args(argv)
 
     import lightning as L
@@ -72,7 +74,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
     L.seed_everything(args.seed, workers=True)
-    model, train, val, batch_size, trainer_cfg = _build(args.config)
+    model, train, val, batch_size, trainer_cfg = _build(args.config, args.set)
     trainer_cfg.pop("accumulate_grad_batches", None)
     if args.max_steps is not None:
         trainer_cfg["max_steps"] = args.max_steps

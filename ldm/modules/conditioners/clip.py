@@ -11,6 +11,7 @@ Keys: ``transformer.text_model.*`` (as in SD v1 checkpoints); a stored
 from __future__ import annotations
 
 import torch
+from torch import nn
 
 from ldm.modules.conditioners.base import Conditioner, as_text_list, batch_size_of
 from ldm.modules.conditioners.registry import register_conditioner
@@ -26,6 +27,17 @@ def check_vocab_size(tokenizer, source: str) -> int:
                            "missing (offline transformers builds an almost empty tokenizer silently). Download the "
                            "model or pass a local directory with vocab.json/merges.txt or tokenizer.json")
     return size
+
+
+class _TextModelKeys(nn.Module):
+    """Holds a flattened CLIPTextModel as ``text_model`` so keys read ``transformer.text_model.*``."""
+
+    def __init__(self, text_model: nn.Module):
+        super().__init__()
+        self.text_model = text_model
+
+    def forward(self, **kwargs):
+        return self.text_model(**kwargs)
 
 
 @register_conditioner("clip", "frozen_clip")
@@ -50,9 +62,12 @@ class FrozenCLIPEmbedder(Conditioner):
         self.max_length = max_length
         self.layer = layer
         self.layer_idx = -2 if layer == "penultimate" else layer_idx
-        self.tokenizer, self.transformer = self._load(version, tokenizer, transformer)
-        self.vocab_size = check_vocab_size(self.tokenizer, version)
-        model_vocab = self.transformer.config.vocab_size
+        self.tokenizer = tokenizer if tokenizer is not None else self._load_pretrained("CLIPTokenizer", version)
+        self.vocab_size = check_vocab_size(self.tokenizer, version)  # before the (slow) model load
+        text_model = transformer if transformer is not None else self._load_pretrained("CLIPTextModel", version)
+        # transformers >= 5 flattened CLIPTextModel (no ``text_model`` child); restore the original key path
+        self.transformer = text_model if hasattr(text_model, "text_model") else _TextModelKeys(text_model)
+        model_vocab = text_model.config.vocab_size
         if self.vocab_size > model_vocab:
             raise ValueError(f"tokenizer has {self.vocab_size} tokens but the text model embeds only {model_vocab}")
         self.frozen = freeze
@@ -60,17 +75,14 @@ class FrozenCLIPEmbedder(Conditioner):
             self.freeze()
 
     @staticmethod
-    def _load(version: str, tokenizer, transformer):
-        from transformers import CLIPTextModel, CLIPTokenizer
+    def _load_pretrained(class_name: str, version: str):
+        import transformers
 
         try:
-            tokenizer = tokenizer if tokenizer is not None else CLIPTokenizer.from_pretrained(version)
-            transformer = transformer if transformer is not None else CLIPTextModel.from_pretrained(version)
+            return getattr(transformers, class_name).from_pretrained(version)
         except (OSError, ValueError) as err:
-            raise RuntimeError(f"could not load CLIP text encoder {version!r}: {err}. Without network access, pass "
-                               "a local directory holding the model (config.json, weights) and tokenizer files")\
-                from err
-        return tokenizer, transformer
+            raise RuntimeError(f"could not load {class_name} {version!r}: {err}. Without network access, pass a local "
+                               "directory holding the model (config.json, weights) and tokenizer files") from err
 
     def freeze(self) -> None:
         self.transformer.eval()

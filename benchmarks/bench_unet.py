@@ -1,0 +1,119 @@
+"""UNet train-step throughput and MFU: ours (fp32, bf16-mixed, channels-last, compiled) vs a naive path.
+
+The naive path is the original's recipe, reproduced here on the same UNet weights: einsum attention,
+gradient checkpointing forced on in every block, fp32. Each row is a full train step (forward, MSE
+loss in fp32, backward, AdamW step). MFU = model FLOPs per second (``torch.utils.flop_counter``) /
+the measured matmul peak of the precision the step runs in.
+
+    python benchmarks/bench_unet.py --model celebahq-f4 --batch 1 --steps 3
+    python benchmarks/bench_unet.py --model celebahq-f4 --device cuda --batch 32 --modes fp32,bf16,bf16-compiled
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+
+import torch
+import torch.nn.functional as F
+
+import ldm.modules.attention as attention_module
+from benchmarks.common import (count_flops, matmul_peak_flops, naive_attention, peak_memory_mb,
+                               reset_peak_memory, set_checkpointing, time_call)
+from ldm.modules.unet import UNetModel
+
+MODELS = {
+    # LDM celebahq-ldm-vq-4: the UNet on 64x64x3 latents of a 256x256 image (VQ-f4).
+    "celebahq-f4": dict(image_size=64, in_channels=3, out_channels=3, model_channels=224,
+                        attention_resolutions=[8, 4, 2], num_res_blocks=2, channel_mult=[1, 2, 3, 4],
+                        num_head_channels=32),
+    # the demo's latent UNet (configs/demo): 8x8x3 latents of 32x32 shapes, cross-attention to text.
+    "demo": dict(image_size=8, in_channels=3, out_channels=3, model_channels=64, attention_resolutions=[1, 2],
+                 num_res_blocks=1, channel_mult=[1, 2], num_head_channels=32, use_spatial_transformer=True,
+                 context_dim=64, transformer_depth=1),
+}
+
+ALL_MODES = ["naive-fp32", "fp32", "bf16", "fp32-channels-last", "bf16-channels-last", "bf16-compiled"]
+
+
+def make_step(model, params, batch, device, autocast_dtype, channels_last):
+    """One full train step closure on random data of the UNet's shape."""
+    x = torch.randn(batch, params["in_channels"], params["image_size"], params["image_size"], device=device)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    t = torch.randint(0, 1000, (batch,), device=device)
+    context = torch.randn(batch, 77 if params.get("context_dim", 0) > 128 else 8,
+                          params["context_dim"], device=device) if params.get("use_spatial_transformer") else None
+    target = torch.randn_like(x)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
+
+    def step():
+        optimizer.zero_grad(set_to_none=True)
+        with torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
+            out = model(x, t, context=context)
+        loss = F.mse_loss(out.float(), target.float())
+        loss.backward()
+        optimizer.step()
+
+    return step
+
+
+def build(mode: str, base: torch.nn.Module, device):
+    """A fresh copy of ``base`` configured for ``mode``; returns (runner, autocast dtype or None, channels_last)."""
+    model = copy.deepcopy(base).to(device)
+    channels_last = "channels-last" in mode
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    set_checkpointing(model, mode.startswith("naive"))
+    runner = torch.compile(model) if "compiled" in mode else model
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(mode.split("-")[0])
+    return runner, dtype, channels_last
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", choices=sorted(MODELS), default="celebahq-f4")
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--steps", type=int, default=3, help="timed steps per mode (median reported)")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--modes", default=",".join(ALL_MODES))
+    args = parser.parse_args(argv)
+    device = torch.device(args.device)
+    torch.manual_seed(0)
+    params = MODELS[args.model]
+    base = UNetModel(**params).train()
+    n_params = sum(p.numel() for p in base.parameters())
+
+    peaks = {torch.float32: matmul_peak_flops(device, torch.float32),
+             torch.bfloat16: matmul_peak_flops(device, torch.bfloat16)}
+    print(f"# UNet '{args.model}' ({n_params / 1e6:.1f} M params), batch {args.batch}, device {device}"
+          f" ({torch.cuda.get_device_name(device) if device.type == 'cuda' else f'{torch.get_num_threads()} threads'})")
+    print(f"# measured matmul peak: fp32 {peaks[torch.float32] / 1e12:.2f} TFLOP/s, "
+          f"bf16 {peaks[torch.bfloat16] / 1e12:.2f} TFLOP/s")
+
+    flops = None
+    rows = []
+    for mode in args.modes.split(","):
+        runner, dtype, channels_last = build(mode, base, device)
+        step = make_step(runner, params, args.batch, device, dtype, channels_last)
+        if flops is None:
+            flops = count_flops(step)
+        reset_peak_memory(device)
+        ctx = naive_attention(attention_module) if mode.startswith("naive") else contextlib.nullcontext()
+        with ctx:
+            seconds = time_call(step, device, warmup=2 if "compiled" in mode else 1, repeats=args.steps)
+        peak = peaks[dtype or torch.float32]
+        rows.append((mode, seconds, args.batch / seconds, flops / seconds / peak, peak_memory_mb(device)))
+        del runner, step
+
+    naive_seconds = rows[0][1] if rows[0][0] == "naive-fp32" else None
+    print(f"# model FLOPs per train step: {flops / 1e9:.1f} GFLOP")
+    print("| mode | s/step | images/s | MFU | vs naive fp32 | peak mem (MiB) |")
+    print("|---|---|---|---|---|---|")
+    for mode, seconds, ips, mfu, mem in rows:
+        ratio = f"{naive_seconds / seconds:.2f}x" if naive_seconds else "-"
+        print(f"| {mode} | {seconds:.3f} | {ips:.2f} | {mfu * 100:.1f}% | {ratio} | {mem if mem is None else f'{mem:.0f}'} |")
+
+
+if __name__ == "__main__":
+    main()
