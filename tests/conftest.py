@@ -7,6 +7,10 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
+# Tiny test tensors: one intra-op thread avoids oversubscription on small CI machines
+# (with 2 threads per process several tests ran 10-100x slower on a loaded 2-core box).
+torch.set_num_threads(int(os.environ.get("LDM_TEST_THREADS", "1")))
+
 
 @pytest.fixture(autouse=True)
 def _seed_everything():

@@ -257,7 +257,7 @@ def test_pixel_demo_config_short_run_lowers_the_loss():
         return float(loss)
 
     before = eval_loss()
-    for step in range(40):
+    for step in range(30):
         loss, _ = model.shared_step(batch)
         opt.zero_grad()
         loss.backward()

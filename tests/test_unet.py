@@ -172,3 +172,19 @@ def test_bad_inputs_raise_clear_errors():
         UNetModel(8, 3, 32, 3, 1, [2], channel_mult=[1, 2], num_heads=2, use_spatial_transformer=True)
     with pytest.raises(ValueError, match="divisible by 32"):
         UNetModel(8, 3, 20, 3, 1, [2], channel_mult=[1, 2], num_heads=2)
+
+
+def test_checkpointing_keeps_autocast_in_recompute():
+    ref = tiny_unet()
+    ckpt = tiny_unet(use_checkpoint=True)
+    ckpt.load_state_dict(ref.state_dict())
+    x, t, ctx = torch.randn(1, 3, 8, 8), torch.tensor([7]), torch.randn(1, 2, 16)
+    grads = []
+    for model in (ref, ckpt):
+        model.train()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = model(x, t, context=ctx)
+        assert out.dtype == torch.bfloat16
+        out.float().square().mean().backward()
+        grads.append(model.input_blocks[0][0].weight.grad.clone())
+    torch.testing.assert_close(grads[0], grads[1], rtol=0, atol=0)

@@ -204,6 +204,9 @@ def load_autoencoder(config_path: str | Path, ckpt_path: str | Path | None = Non
     model = instantiate_from_config(node, node="model")
     if ckpt_path is not None:
         load_weights(model, ckpt_path)
+    elif not params.get("ckpt_path"):
+        print(f"warning: no --autoencoder-ckpt and no ckpt_path in {path}: evaluating freshly initialised weights",
+              file=sys.stderr)
     return model.eval()
 
 
@@ -279,7 +282,7 @@ def _json_safe(value: Any) -> Any:
 def format_table(report: Mapping) -> str:
     rows = [(name, f"{value:.6g}" if isinstance(value, float) else str(value))
             for name, value in report["metrics"].items()]
-    width = max(len(name) for name, _ in rows) if rows else 6
+    width = max([len("metric")] + [len(name) for name, _ in rows])
     lines = [f"{'metric':<{width}}  value", f"{'-' * width}  {'-' * 12}"]
     lines += [f"{name:<{width}}  {value}" for name, value in rows]
     extractor = report.get("feature_extractor")

@@ -74,7 +74,7 @@ def rescale_zero_terminal_snr(betas: torch.Tensor) -> torch.Tensor:
     return 1 - alphas
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class DiffusionSchedule:
     """The per-timestep constants of DDPM (Eq. 4, 6-7), float64, indexed by 0-based ``t``."""
 

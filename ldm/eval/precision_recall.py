@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-_CHUNK_ELEMENTS = 1 << 25  # ~256 MB of float64 distances per chunk
+_CHUNK_ELEMENTS = 1 << 24  # ~128 MB of float64 distances per chunk (a few such temporaries live at once)
 
 
 def _as_matrix(features: Tensor, name: str) -> Tensor:

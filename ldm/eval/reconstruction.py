@@ -56,11 +56,15 @@ def build_lpips(backbone: str = "vgg", weights_path: str | None = None, seed: in
     (torch hub cache or ``weights_path``; LPIPSLoss raises a clear error when they are missing);
     ``backbone="random"`` is a random trunk for offline smoke tests, built under a fixed seed so
     runs agree, with no perceptual meaning."""
-    from ldm.modules.losses.lpips import LPIPSLoss
+    from ldm.modules.losses.lpips import LPIPSLoss, LPIPSWeightsError
 
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = LPIPSLoss(backbone=backbone, weights_path=weights_path)
+    try:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model = LPIPSLoss(backbone=backbone, weights_path=weights_path)
+    except LPIPSWeightsError as err:
+        raise LPIPSWeightsError(f"{err}\nWith python -m ldm.cli.evaluate: --lpips-weights /path/to/vgg16-397923af.pth, "
+                                f"or --lpips-backbone random for an offline smoke test.") from err
     return model.eval()
 
 

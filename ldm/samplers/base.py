@@ -167,8 +167,10 @@ class Sampler:
         elif x_start is not None:
             x = self.noise_to_level(x_start.to(device=device, dtype=dtype), start, generator)
         else:
+            if shape is None and known is not None:
+                shape = known.shape
             if shape is None:
-                raise ValueError("sample() needs shape, x_T or x_start")
+                raise ValueError("sample() needs shape, x_T, x_start or known")
             x = randn(tuple(shape), generator, device, dtype)
         if mask is not None:
             known = x_start if known is None else known

@@ -110,15 +110,13 @@ def gradient_guidance(denoise: Callable, log_likelihood_fn: Callable[[torch.Tens
     ``D`` is ``decode`` (identity if None) and ``log_likelihood_fn(image) -> [B]`` (or a scalar)
     is e.g. Eq. (17) ``-0.5 ||y - T(D(z0))||^2`` for super-resolution. The minus sign follows
     from eps = -sqrt(1 - a) * score: adding grad log p(y|x_t) to the score lowers eps (LDM writes
-    Eq. 16 with its own sign convention). ``through_model=False`` treats the model output as
-    constant and differentiates only the x0 formula (cheaper, no backward through the network).
+    Eq. 16 with its own sign convention). ``through_model=False`` holds the eps estimate
+    constant and differentiates only DDPM Eq. (15), x0 = (x_t - sqrt(1-a) eps)/sqrt(a), so the
+    gradient needs no backward pass through the network (cheaper, cruder).
     The wrapper returns the corrected output in the model's own parameterisation.
     """
     schedule = as_schedule(schedule)
     check_parameterization(parameterization)
-    if parameterization == "x0" and not through_model:
-        raise ValueError("an x0-parameterised model needs through_model=True: its x0 estimate does not "
-                         "depend on x_t except through the network")
 
     def guided(x: torch.Tensor, t: torch.Tensor, cond):
         alpha = extract(schedule.sqrt_alphas_cumprod, t, x)
@@ -126,11 +124,11 @@ def gradient_guidance(denoise: Callable, log_likelihood_fn: Callable[[torch.Tens
         with torch.enable_grad():
             x_in = x.detach().requires_grad_(True)
             if through_model:
-                out = denoise(x_in, t, cond)
+                x0, eps = x0_eps_from_output(denoise(x_in, t, cond), x_in, alpha, sigma, parameterization)
             else:
                 with torch.no_grad():
-                    out = denoise(x, t, cond)
-            x0, eps = x0_eps_from_output(out, x_in, alpha, sigma, parameterization)
+                    _, eps = x0_eps_from_output(denoise(x, t, cond), x, alpha, sigma, parameterization)
+                x0 = (x_in - sigma * eps) / alpha
             image = decode(x0) if decode is not None else x0
             log_lik = log_likelihood_fn(image).sum()
             grad, = torch.autograd.grad(log_lik, x_in)

@@ -143,9 +143,9 @@ class VectorQuantizer(nn.Module):
         z_bhwc = z.permute(0, 2, 3, 1).contiguous()
         z_flat = z_bhwc.reshape(-1, c)
         indices = self.nearest_codes(z_flat.detach())
-        if self.use_ema and self.training:
-            self.ema_update(z_flat.detach().float(), indices)
         z_q = self.embedding(indices).view_as(z_bhwc).permute(0, 3, 1, 2)
+        if self.use_ema and self.training:  # after the lookup: this batch is quantised with the old codes
+            self.ema_update(z_flat.detach().float(), indices)
         loss = self.quantization_loss(z, z_q)
         z_q = z + (z_q - z).detach()  # straight-through estimator
 

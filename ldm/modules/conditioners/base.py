@@ -19,10 +19,10 @@ OUTPUT_KEYS = ("crossattn", "concat", "vector")
 class Conditioner(nn.Module):
     """Base class: subclasses implement :meth:`_encode`, :meth:`null_condition` and :meth:`batch_size`.
 
-    ``encode(raw, drop_mask=None)``: rows where ``drop_mask`` is True get the null condition. When
-    ``drop_mask`` is None, a mask is sampled with probability ``ucg_rate`` per row *only in training
-    mode*; pass ``drop_mask`` explicitly (e.g. ``sample_drop_mask(B)``) to control it yourself, or an
-    all-False mask to disable dropout.
+    ``encode(raw, drop_mask=None)``: rows where ``drop_mask`` is True get the null condition; with
+    ``drop_mask=None`` nothing is dropped. ``encode`` itself is deterministic: the training loop
+    owns the randomness and draws the mask with :meth:`sample_drop_mask` (Bernoulli(``ucg_rate``)
+    per row), so dropout can never be applied twice or leak into validation/sampling.
     """
 
     def __init__(self, output_key: str = "crossattn", ucg_rate: float = 0.0):
@@ -51,12 +51,10 @@ class Conditioner(nn.Module):
         return (draws < self.ucg_rate).to(device)
 
     def encode(self, raw, drop_mask: torch.Tensor | None = None) -> torch.Tensor:
-        batch = self.batch_size(raw)
-        if drop_mask is None and self.training and self.ucg_rate > 0:
-            drop_mask = self.sample_drop_mask(batch)
         z = self._encode(raw)
         if drop_mask is None:
             return z
+        batch = self.batch_size(raw)
         drop_mask = torch.as_tensor(drop_mask, dtype=torch.bool, device=z.device).reshape(-1)
         if drop_mask.shape[0] != batch:
             raise ValueError(f"drop_mask has {drop_mask.shape[0]} entries for a batch of {batch}")

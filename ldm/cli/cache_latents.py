@@ -1,0 +1,200 @@
+"""Encode a dataset split once with a frozen first stage and write a latent cache.
+
+    python -m ldm.cli.cache_latents --config configs/ldm/<model>.yaml --split train --out caches/train
+    python -m ldm.cli.cache_latents --config <autoencoder>.yaml --ckpt ae.ckpt \
+        --data-config <data>.yaml --split train --out caches/train --flip both
+
+``--config`` is a LatentDiffusion config (the first stage is ``model.params.first_stage_config``)
+or an autoencoder config (``model`` is the first stage). ``--ckpt`` loads first-stage weights: an
+autoencoder checkpoint, or a full LatentDiffusion checkpoint (its ``first_stage_model.*`` weights are
+used). Without ``--ckpt`` the LDM config's ``model.params.ckpt_path`` is used if set, else the
+first stage's own ``ckpt_path``. The dataset is ``data.params.<split>`` of ``--data-config``
+(default: ``--config``). Train from the cache with ``ldm.data.latent_cache.LatentCacheDataset``
+(see docs/performance.md, "Latent cache").
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import sys
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import torch
+
+LATENT_DIFFUSION_SUFFIX = "LatentDiffusion"
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m ldm.cli.cache_latents", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", required=True, help="LatentDiffusion or autoencoder YAML")
+    parser.add_argument("--ckpt", default=None, help="first-stage (or full LatentDiffusion) checkpoint")
+    parser.add_argument("--data-config", default=None, help="YAML with the data section (default: --config)")
+    parser.add_argument("--split", default="train", help="dataset split under data.params (default: train)")
+    parser.add_argument("--out", required=True, help="output directory of the cache")
+    parser.add_argument("--flip", choices=("both", "off"), default="off",
+                        help="both: also encode mirrored images (keeps flip augmentation); off: no flips")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--shard-size", type=int, default=1000, help="entries per shard file")
+    parser.add_argument("--num-workers", type=int, default=0, help="DataLoader workers reading the dataset")
+    parser.add_argument("--device", default=None, help="cpu / cuda (default: cuda if available)")
+    parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32", help="storage dtype of the latents")
+    parser.add_argument("--limit", type=int, default=None, help="encode only the first N samples")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing cache in --out")
+    parser.add_argument("--unsafe-load", action="store_true", help="allow pickled checkpoints you trust")
+    return parser
+
+
+def _load_yaml(path: str | Path) -> dict:
+    from omegaconf import OmegaConf
+
+    from ldm.cli.config import load_config_file
+
+    return OmegaConf.to_container(load_config_file(path), resolve=True)
+
+
+def _is_latent_diffusion(model_node: Mapping) -> bool:
+    params = model_node.get("params") or {}
+    return str(model_node.get("target", "")).endswith(LATENT_DIFFUSION_SUFFIX) or "first_stage_config" in params
+
+
+def first_stage_node(config: Mapping, source: str = "config") -> tuple[dict, str | None]:
+    """(first-stage config node without its training loss, the LDM's ``ckpt_path`` or None)."""
+    model = config.get("model")
+    if not isinstance(model, Mapping) or "target" not in model:
+        raise ValueError(f"{source}: expected a 'model' section with a 'target'")
+    ldm_ckpt = None
+    if _is_latent_diffusion(model):
+        params = model.get("params") or {}
+        node = params.get("first_stage_config")
+        if not isinstance(node, Mapping) or "target" not in node:
+            raise ValueError(f"{source}: model.params.first_stage_config must be a target/params node")
+        ldm_ckpt = params.get("ckpt_path")
+    else:
+        node = model
+    node = copy.deepcopy(dict(node))
+    params = dict(node.get("params") or {})
+    if "lossconfig" in params:  # the training loss is not needed to encode (and may download weights)
+        params["lossconfig"] = {"target": "torch.nn.Identity"}
+    node["params"] = params
+    return node, ldm_ckpt
+
+
+def _first_stage_weights(path: str, trust: bool) -> dict:
+    """A first stage's state dict from an autoencoder or a full LatentDiffusion checkpoint."""
+    from ldm.checkpoint import load_state_dict
+
+    state = load_state_dict(path, trust_checkpoint=trust)
+    prefix = "first_stage_model."
+    if any(k.startswith(prefix) for k in state):
+        return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    return state
+
+
+def build_first_stage(node: Mapping, ckpt: str | None, trust: bool = False) -> torch.nn.Module:
+    from ldm.checkpoint import load_weights
+    from ldm.util import instantiate_from_config
+
+    model = instantiate_from_config(node, node="first_stage_config")
+    if ckpt is not None:
+        report = load_weights(model, _first_stage_weights(ckpt, trust), verbose=False)
+        if report.missing:
+            raise ValueError(f"{ckpt} lacks {len(report.missing)} first-stage weight(s), e.g. {report.missing[:3]}; "
+                             "it does not match the first-stage config")
+        print(f"[cache_latents] first stage loaded from {ckpt} ({report.loaded} tensors)")
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
+
+
+def dataset_node(config: Mapping, split: str, source: str) -> dict:
+    data = config.get("data")
+    if not isinstance(data, Mapping):
+        raise ValueError(f"{source}: no 'data' section; pass --data-config with one")
+    params = data.get("params") or {}
+    node = params.get(split) if isinstance(params, Mapping) else None
+    if not isinstance(node, Mapping) or "target" not in node:
+        splits = [k for k, v in params.items() if isinstance(v, Mapping) and "target" in v]
+        raise ValueError(f"{source}: no dataset for split {split!r} under data.params (splits: {splits})")
+    return copy.deepcopy(dict(node))
+
+
+def _freeze_augmentation(node: dict) -> list[str]:
+    """Random augmentations would be frozen into the cache: switch random flips off, warn about crops."""
+    params = node.setdefault("params", {}) or {}
+    node["params"] = params
+    notes = []
+    if params.get("flip_p"):
+        notes.append(f"dataset flip_p={params['flip_p']} set to 0 (use --flip both to keep flips)")
+        params["flip_p"] = 0.0
+    if params.get("random_crop"):
+        notes.append("random_crop is on: one random crop per image is frozen into the cache")
+    return notes
+
+
+def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    from ldm.data.latent_cache import encode_dataset, file_sha256
+    from ldm.util import instantiate_from_config
+
+    args = build_parser().parse_args(argv)
+    for flag in ("batch_size", "shard_size"):
+        if getattr(args, flag) < 1:
+            raise ValueError(f"--{flag.replace('_', '-')} must be >= 1")
+    config = _load_yaml(args.config)
+    node, ldm_ckpt = first_stage_node(config, args.config)
+    ckpt = args.ckpt or ldm_ckpt
+    first_stage = build_first_stage(node, ckpt, trust=args.unsafe_load)
+    if ckpt is None and not (node.get("params") or {}).get("ckpt_path"):
+        print("[cache_latents] warning: no checkpoint given; the first stage has random weights")
+
+    data_source = args.data_config or args.config
+    data_config = config if args.data_config is None else _load_yaml(args.data_config)
+    data_node = dataset_node(data_config, args.split, data_source)
+    notes = _freeze_augmentation(data_node)
+    if args.flip == "both":
+        notes.append("mirrored entries keep the sample's caption/labels unchanged: use --flip off if they name "
+                     "left/right (e.g. the shapes captions)")
+    for note in notes:
+        print(f"[cache_latents] {note}")
+    dataset = instantiate_from_config(data_node, node=f"data.params.{args.split}")
+
+    model_params = (config["model"].get("params") or {})
+    image_key = model_params.get("first_stage_key", model_params.get("image_key", "image"))
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    info = {
+        "command": ["python", "-m", "ldm.cli.cache_latents", *(sys.argv[1:] if argv is None else list(argv))],
+        "first_stage": {
+            "target": node["target"],
+            "config": node,
+            "checkpoint": None if ckpt is None else {"path": str(Path(ckpt).resolve()), "sha256": file_sha256(ckpt)},
+        },
+        "source": {"config": str(Path(data_source).resolve()), "split": args.split, "dataset": data_node,
+                   "notes": notes},
+        "scale_factor": model_params.get("scale_factor") if _is_latent_diffusion(config["model"]) else None,
+    }
+    manifest = encode_dataset(first_stage, dataset, args.out, image_key=image_key, flip=args.flip,
+                              batch_size=args.batch_size, shard_size=args.shard_size, num_workers=args.num_workers,
+                              device=device, dtype=DTYPES[args.dtype], limit=args.limit, info=info,
+                              overwrite=args.overwrite, progress=sys.stdout.isatty())
+    print(f"[cache_latents] wrote {manifest['num_entries']} entries ({manifest['num_samples']} samples, "
+          f"flip={args.flip}, latent {manifest['latent']['shape']}) in {len(manifest['shards'])} shard(s) to {args.out}; "
+          f"first-stage sha256 {manifest['first_stage']['state_dict_sha256']}")
+    return manifest
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from ldm.data.latent_cache import LatentCacheError
+    from ldm.util import ConfigError
+
+    try:
+        run(argv)
+    except (ConfigError, LatentCacheError, FileNotFoundError, FileExistsError, ValueError, KeyError, TypeError) as err:
+        print(f"cache_latents: error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
