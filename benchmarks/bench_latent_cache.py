@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import copy
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -26,7 +27,7 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.bench_unet import MODELS as UNETS  # noqa: E402
-from benchmarks.common import synchronize, time_call  # noqa: E402
+from benchmarks.common import synchronize  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -100,6 +101,24 @@ def to_device(batch: dict, device: torch.device) -> dict:
     return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
 
+def interleaved_medians(runs: dict, device: torch.device, repeats: int) -> dict:
+    """Median seconds of each callable, timed in turns (one warm-up each), so that load from other
+    processes on a shared machine hits every path alike."""
+    for fn in runs.values():
+        fn()
+    samples = {name: [] for name in runs}
+    for _ in range(repeats):
+        for name, fn in runs.items():
+            synchronize(device)
+            start = time.perf_counter()
+            fn()
+            synchronize(device)
+            samples[name].append(time.perf_counter() - start)
+    if os.environ.get("BENCH_VERBOSE"):
+        print("# samples (s):", {name: [round(v, 3) for v in values] for name, values in samples.items()})
+    return {name: statistics.median(values) for name, values in samples.items()}
+
+
 def bench_one(label: str, node: dict, image_size: int, batch_size: int, steps: int, device: torch.device) -> dict:
     from torch.utils.data import DataLoader
 
@@ -124,17 +143,17 @@ def bench_one(label: str, node: dict, image_size: int, batch_size: int, steps: i
         read_seconds = time.perf_counter() - start
         cache_bytes = sum(f.stat().st_size for f in Path(cache_dir).glob("*.safetensors"))
     x = image_batch[model.first_stage_key].float()
-    with torch.no_grad():
-        encoder_seconds = time_call(lambda: model.first_stage_model.latent_moments(x), device, warmup=1, repeats=steps)
-    times = {path: time_call(make_step(model, batch, cached=path == "cached"), device, warmup=1, repeats=steps)
-             for path, batch in (("on-the-fly", image_batch), ("cached", cached_batch))}
+    runs = {"encoder": torch.no_grad()(lambda: model.first_stage_model.latent_moments(x)),
+            "on-the-fly": make_step(model, image_batch, cached=False),
+            "cached": make_step(model, cached_batch, cached=True)}
+    times = interleaved_medians(runs, device, steps)
     n_unet = sum(p.numel() for p in model.model.parameters()) / 1e6
     n_first = sum(p.numel() for p in model.first_stage_model.parameters()) / 1e6
     print(f"# {label}: UNet {n_unet:.1f} M params, {type(model.first_stage_model).__name__} {n_first:.1f} M params, "
           f"{image_size} px -> latent {list(cache.latent_shape)}; encode into the cache {encode_seconds / batch_size:.3f} "
           f"s/image (one time), cache read {read_seconds * 1e3:.1f} ms/batch, {cache_bytes / batch_size / 1024:.1f} "
           f"KiB/image on disk")
-    return {"label": label, "batch": batch_size, "encoder": encoder_seconds, **times,
+    return {"label": label, "batch": batch_size, **times,
             "speedup": times["on-the-fly"] / times["cached"]}
 
 
@@ -142,15 +161,17 @@ def main(argv=None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", choices=sorted(SETUPS), default="demo")
     parser.add_argument("--batch", type=int, default=None, help="default: 32 (demo, as its configs), 1 (celebahq-f4)")
-    parser.add_argument("--steps", type=int, default=3, help="timed steps per path (median reported)")
+    parser.add_argument("--steps", type=int, default=None,
+                        help="timed steps per path, interleaved (median reported); default 7 demo, 3 celebahq-f4")
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     _, _, image_size, default_batch = SETUPS[args.model]
     batch_size = args.batch or default_batch
+    steps = args.steps or (7 if args.model == "demo" else 3)
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{torch.get_num_threads()} threads"
     print(f"# latent cache vs on-the-fly encoding, {args.model}, batch {batch_size}, device {device} ({where})")
-    rows = [bench_one(label, node, image_size, batch_size, args.steps, device) for label, node in model_nodes(args.model)]
+    rows = [bench_one(label, node, image_size, batch_size, steps, device) for label, node in model_nodes(args.model)]
     print("| config | batch | encoder s/batch | on-the-fly s/step | cached s/step | images/s on-the-fly "
           "| images/s cached | speedup |")
     print("|---|---|---|---|---|---|---|---|")

@@ -50,6 +50,22 @@ def time_call(fn, device: torch.device, warmup: int = 1, repeats: int = 3) -> fl
     return best
 
 
+def interleaved_min(fns: dict, device: torch.device, repeats: int) -> dict:
+    """Time several callables in alternation (min over ``repeats`` rounds) so clock and load drift
+    on a shared machine hits them alike."""
+    for fn in fns.values():
+        fn()
+    best = {name: float("inf") for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            synchronize(device)
+            start = time.perf_counter()
+            fn()
+            synchronize(device)
+            best[name] = min(best[name], time.perf_counter() - start)
+    return best
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", choices=sorted(MODELS), default="demo")
@@ -85,15 +101,18 @@ def main() -> None:
 
     bare_s = time_call(bare, device, warmup=1, repeats=args.repeats)
     per_forward = bare_s / S
-    print(f"UNet forward (batch {B}): {per_forward * 1e3:.3f} ms")
+    print(f"UNet forward (batch {B}): {per_forward * 1e3:.3f} ms (the per-sampler rows re-measure it interleaved)")
     print(f"{'sampler':<14}{'forwards':>9}{'s/image':>10}{'ms/step':>10}{'own ms/step':>12}{'direct':>9}"
           f"{'end-to-end':>12}")
     for sampler_name, opts in SAMPLER_RUNS:
         sampler = get_sampler(sampler_name, schedule, steps=S, **opts)
         forwards = sampler.num_steps + (1 if sampler_name == "plms" else 0)
         gen = torch.Generator(device=device).manual_seed(0)
-        total = time_call(lambda: sampler.sample(denoise, x.shape, cond=context, generator=gen, device=device,
-                                                 dtype=dtype), device, warmup=1, repeats=args.repeats)
+        best = interleaved_min({
+            "sampler": lambda: sampler.sample(denoise, x.shape, cond=context, generator=gen, device=device, dtype=dtype),
+            "bare": lambda: [denoise(x, t, context) for _ in range(forwards)],
+        }, device, args.repeats)
+        total, per_forward = best["sampler"], best["bare"] / forwards
         overhead = (total - forwards * per_forward) / (forwards * per_forward)
         own = time_call(lambda: sampler.sample(lambda xx, tt, cc: xx, x.shape, cond=context, generator=gen,
                                                device=device, dtype=dtype), device, warmup=1,
@@ -112,9 +131,9 @@ def main() -> None:
                 fn()
         return run
 
-    double = time_call(loop(lambda: denoise(x2, t2, c2)), device, warmup=1, repeats=args.repeats) / reps
-    guided_s = time_call(loop(lambda: guided(x, t, context)), device, warmup=1, repeats=args.repeats) / reps
-    synchronize(device)
+    best = interleaved_min({"double": loop(lambda: denoise(x2, t2, c2)), "guided": loop(lambda: guided(x, t, context))},
+                           device, max(args.repeats, 5))
+    double, guided_s = best["double"] / reps, best["guided"] / reps
     print(f"forward at batch {2 * B}: {double * 1e3:.3f} ms; guided step: {guided_s * 1e3:.3f} ms; "
           f"ratio {guided_s / double:.3f} (goal <= 1.05)")
 

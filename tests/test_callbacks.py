@@ -93,6 +93,13 @@ def test_setup_callback_snapshots_both_configs(tmp_path):
     lightning = OmegaConf.load(tmp_path / "run/configs/NOW-lightning.yaml")
     assert lightning.lightning.trainer.max_steps == 3
     assert (tmp_path / "run/checkpoints/trainstep_checkpoints").is_dir()
+    callback.write()  # the same start writing again (fit, then test) overwrites its own files
+    resumed = SetupCallback(resume="x", now="NOW", logdir=str(tmp_path / "run"), ckptdir=str(tmp_path / "run/checkpoints"),
+                            cfgdir=str(tmp_path / "run/configs"), config={"model": {"target": "a.C"}}, verbose=False)
+    resumed.write()  # a second start within the same second must not overwrite the first snapshot
+    names = sorted(p.name for p in (tmp_path / "run/configs").glob("*-project.yaml"))
+    assert names == ["NOW-project.yaml", "NOW.1-project.yaml"]  # name order == start order
+    assert OmegaConf.load(tmp_path / "run/configs" / names[-1]).model.target == "a.C"
 
 
 # -- emergency checkpoints -----------------------------------------------------------------

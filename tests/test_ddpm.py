@@ -2,7 +2,6 @@
 checkpoint key handling, and a short demo-config run that lowers the loss."""
 import math
 
-import lightning as L
 import pytest
 import torch
 from omegaconf import OmegaConf
@@ -177,7 +176,6 @@ def test_ema_scope_swaps_weights_and_restores_them():
     original = w.detach().clone()
     with torch.no_grad():
         w.add_(1.0)
-    m.global_step  # noqa: B018 - property access works without a trainer
     m._last_ema_step = -1
     m.on_train_batch_end(None, None, 0)  # one EMA step (warm-up decay min(0.5, 2/11))
     shadow = m.model_ema.diffusion_modelout2weight

@@ -184,14 +184,17 @@ class _ShapesDicts(torch.utils.data.Dataset):
 def _trainer(tmp_path, steps):
     return L.Trainer(max_steps=steps, accelerator="cpu", logger=False, enable_checkpointing=False,
                      enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path,
-                     num_sanity_val_steps=0)
+                     num_sanity_val_steps=0, limit_val_batches=1, val_check_interval=steps)
 
 
 def test_resume_keeps_scale_factor_and_ema(tmp_path):
     loader = DataLoader(_ShapesDicts(), batch_size=8, shuffle=True)
     m1 = model(first_stage=kl_first_stage(), scale_by_std=True, image_size=8, ema_decay=0.9)
     m1.learning_rate = 1e-3
-    _trainer(tmp_path, 3).fit(m1, loader)
+    trainer1 = _trainer(tmp_path, 3)
+    trainer1.fit(m1, loader, val_dataloaders=DataLoader(_ShapesDicts(8), batch_size=8))
+    # validation reports the loss with the training weights and with the EMA weights
+    assert {"val/loss_simple", "val/loss_simple_ema", "val/loss_ema"} <= set(trainer1.callback_metrics)
     assert m1._scale_factor_fitted and float(m1.scale_factor) != 1.0
     assert int(m1.model_ema.num_updates) == 3
     path = tmp_path / "last.ckpt"
@@ -257,7 +260,7 @@ def test_original_get_input_interface():
 
 
 # ----------------------------------------------------------------------------- demo configs
-def _short_run(cfg_path, steps=30, lr=2e-3, **unet_over):
+def _short_run(cfg_path, steps=20, lr=2e-3, **unet_over):
     cfg = OmegaConf.load(cfg_path)
     p = cfg.model.params
     p.timesteps = 100
@@ -301,3 +304,37 @@ def _short_run(cfg_path, steps=30, lr=2e-3, **unet_over):
 def test_demo_config_short_run_lowers_the_loss(name):
     before, after = _short_run(f"configs/demo/ldm_{name}_kl_f4.yaml", num_res_blocks=1)
     assert after < 0.75 * before, (before, after)
+
+
+# ----------------------------------------------------------------------------- cache / inpainting
+def test_latent_cache_batches_need_no_encoder():
+    m = model(first_stage=kl_first_stage(), scale_by_std=True, image_size=8)
+    images = shapes_batch(4)["image"]
+    mean, std = m.latent_moments(images)
+    cached = {"latent_mean": mean, "latent_std": std}
+    torch.manual_seed(0)
+    from_images = m.latents_from_batch({"image": images})
+    m.first_stage_model.encode = lambda *a: pytest.fail("the encoder ran on a latent-cache batch")
+    torch.manual_seed(0)
+    torch.testing.assert_close(m.latents_from_batch(cached), from_images)
+    assert m.estimate_scale_factor([cached]) > 0
+    loss, _ = m.shared_step(cached)
+    assert torch.isfinite(loss)
+    assert set(m.log_images(cached, N=2, sample=False)) == {"reconstruction"}
+
+
+def test_inpainting_condition_gets_the_mask_channel():
+    # the original inpainting model: masked-image latent (__is_first_stage__) + mask, concatenated
+    m = LatentDiffusion(IDENTITY, "__is_first_stage__", unet_config=unet(in_channels=7), timesteps=T, image_size=8,
+                        channels=3, cond_stage_key="masked_image", concat_mode=True, concat_mask_key="mask")
+    assert m.conditioning_key == "concat"
+    batch = shapes_batch(2, size=8)
+    batch["masked_image"] = batch["image"] * (1 - batch["mask"])
+    cond = m.condition_from_batch(batch)
+    assert cond.shape == (2, 4, 8, 8)
+    torch.testing.assert_close(cond[:, 3:], batch["mask"])
+    loss, _ = m.shared_step(batch)
+    assert torch.isfinite(loss)
+    assert m.sample(batch, steps=2).shape == (2, 3, 8, 8)
+    with pytest.raises(ValueError, match="concat_mask_key"):
+        model(concat_mask_key="mask")

@@ -65,13 +65,15 @@ def tiny_clip_dir(tmp_path_factory):
 
 def build(name, tiny_clip_dir=None):
     cfg = OmegaConf.load(CONFIGS / f"{name}.yaml")
+    params = OmegaConf.to_container(cfg.model.params)
     if name == "sd-v1-inference":
-        cfg.model.params.cond_stage_config.params = {"version": tiny_clip_dir}
-    if "FrozenCLIPEmbedder" in str(cfg.model.params.cond_stage_config):
-        model = instantiate_from_config(cfg.model)  # transformers' loader does not run on the meta device
-    else:
-        with torch.device("meta"):
-            model = instantiate_from_config(cfg.model)
+        # transformers' from_pretrained refuses the meta device: build the (tiny) text encoder from the
+        # config node on the CPU, hand the built module to the model, build the rest on meta
+        node = params["cond_stage_config"]
+        node["params"] = {"version": tiny_clip_dir}
+        params["cond_stage_config"] = instantiate_from_config(node)
+    with torch.device("meta"):
+        model = instantiate_from_config({"target": cfg.model.target, "params": params})
     return cfg, model
 
 
@@ -128,3 +130,25 @@ def test_sd_v1_unet_and_autoencoder_keys_match(tiny_clip_dir):
     own = {k: tuple(v.shape) for k, v in model.state_dict().items() if not k.startswith("cond_stage_model.")}
     assert own == dump
     assert model.scale_factor == pytest.approx(0.18215) and not model.use_ema
+
+
+OUR_CONFIGS = sorted((Path(__file__).parents[1] / "configs").glob("ldm/*.yaml")) + \
+    sorted((Path(__file__).parents[1] / "configs").glob("demo/ldm_*.yaml"))
+
+
+@pytest.mark.parametrize("path", OUR_CONFIGS, ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_our_stage2_configs_instantiate(path):
+    from ldm.util import resolve_target
+
+    cfg = OmegaConf.load(path)
+    params = cfg.model.params
+    if "first_stage_config" in params:
+        params.first_stage_config.params.pop("ckpt_path", None)
+    with torch.device("meta"):
+        model = instantiate_from_config(cfg.model)
+    assert model.num_timesteps == params.get("timesteps", 1000)
+    assert float(cfg.model.base_learning_rate) > 0
+    for split in ("train", "validation"):
+        assert callable(resolve_target(cfg.data.params[split].target))
+    if "scheduler_config" in params and params.scheduler_config is not None:
+        assert callable(instantiate_from_config(params.scheduler_config))

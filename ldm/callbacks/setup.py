@@ -29,14 +29,27 @@ class SetupCallback(L.Callback):
         self.lightning_config = OmegaConf.create(lightning_config if lightning_config is not None else {})
         self.verbose = verbose
         self._printed = False
+        self._stem: str | None = None
+
+    def _snapshot_stem(self) -> str:
+        """``now``, or ``now.1``, ``now.2`` ... if another start in the same second already wrote
+        snapshots (they then still sort after it, so a resume merges them in order)."""
+        if self._stem is None:
+            stem, n = self.now, 0
+            while any(os.path.exists(os.path.join(self.cfgdir, f"{stem}-{kind}.yaml"))
+                      for kind in ("project", "lightning")):
+                n += 1
+                stem = f"{self.now}.{n}"
+            self._stem = stem
+        return self._stem
 
     @property
     def project_file(self) -> str:
-        return os.path.join(self.cfgdir, f"{self.now}-project.yaml")
+        return os.path.join(self.cfgdir, f"{self._snapshot_stem()}-project.yaml")
 
     @property
     def lightning_file(self) -> str:
-        return os.path.join(self.cfgdir, f"{self.now}-lightning.yaml")
+        return os.path.join(self.cfgdir, f"{self._snapshot_stem()}-lightning.yaml")
 
     def write(self) -> None:
         for directory in (self.logdir, self.ckptdir, self.cfgdir):

@@ -29,7 +29,7 @@ import lightning as L
 import torch
 from torch import nn
 
-from ldm.diffusion import (DiffusionSchedule, check_parameterization, elbo_mse_weights, extract, q_sample,
+from ldm.diffusion import (DiffusionSchedule, check_parameterization, elbo_mse_weights, q_sample,
                            split_variance_output, training_target)
 from ldm.diffusion.reverse import check_variance_type
 from ldm.models.conditioning import DiffusionWrapper, as_condition_dict, check_conditioning_key
@@ -256,6 +256,12 @@ class DDPM(L.LightningModule):
     def get_input(self, batch: Mapping, k: str) -> torch.Tensor:
         return self.image_from_batch(batch, k)
 
+    def _batch_len(self, batch: Mapping) -> int:
+        for key in (self.first_stage_key, "latent_mean"):  # images, or a latent-cache batch
+            if isinstance(batch.get(key), torch.Tensor):
+                return int(batch[key].shape[0])
+        raise KeyError(f"batch has no tensor under {self.first_stage_key!r} (keys: {sorted(batch)}); check first_stage_key")
+
     def sample_timesteps(self, batch_size: int, device) -> torch.Tensor:
         return torch.randint(0, self.num_timesteps, (batch_size,), device=device, dtype=torch.long)
 
@@ -332,8 +338,7 @@ class DDPM(L.LightningModule):
     def validation_step(self, batch, batch_idx):
         """Validation loss with the training weights and with the EMA weights (``…_ema`` keys), on the
         same timesteps and noise so the two are directly comparable."""
-        x = self.get_input(batch, self.first_stage_key)
-        t = self.sample_timesteps(x.shape[0], x.device)
+        t = self.sample_timesteps(self._batch_len(batch), self.device)
         devices = [self.device] if self.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):
             _, log = self.shared_step(batch, t=t)

@@ -9,7 +9,7 @@ interface, identity); a latent is ``mean + std * eps``. It is frozen: eval mode,
 ``scale_factor = 1 / std(z)`` at the start of training from ``scale_by_std_batches`` batches,
 summed over all ranks; it is a buffer, saved with the model and never re-estimated once loaded.
 
-Conditioning: ``cond_stage_config`` is a conditioner config, ``"__is_unconditional__"`` or
+Conditioning: ``cond_stage_config`` is a conditioner config (or a built module), ``"__is_unconditional__"`` or
 ``"__is_first_stage__"`` (the condition is the first-stage latent of ``batch[cond_stage_key]``).
 Conditioners following the contract of ``docs/architecture.md`` (``encode(raw, drop_mask)``,
 ``null_condition``, ``ucg_rate``) get classifier-free-guidance dropout during training and a null
@@ -50,7 +50,8 @@ class LatentDiffusion(DDPM):
                  cond_stage_key: str = "image", cond_stage_trainable: bool = False, concat_mode: bool = True,
                  cond_stage_forward: str | None = None, conditioning_key: str | None = None,
                  scale_factor: float = 1.0, scale_by_std: bool = False, *args,
-                 scale_by_std_batches: int = 4, cond_stage_lr: float | None = None, **kwargs):
+                 scale_by_std_batches: int = 4, cond_stage_lr: float | None = None,
+                 concat_mask_key: str | None = None, **kwargs):
         self.num_timesteps_cond = 1 if num_timesteps_cond is None else int(num_timesteps_cond)
         if not 1 <= self.num_timesteps_cond <= kwargs.get("timesteps", 1000):
             raise ValueError(f"num_timesteps_cond must be in [1, timesteps], got {num_timesteps_cond}")
@@ -69,6 +70,9 @@ class LatentDiffusion(DDPM):
         self.cond_stage_key = cond_stage_key
         self.cond_stage_forward = cond_stage_forward
         self.cond_stage_lr = cond_stage_lr
+        if concat_mask_key is not None and conditioning_key not in ("concat", "hybrid"):
+            raise ValueError("concat_mask_key needs conditioning_key 'concat' or 'hybrid'")
+        self.concat_mask_key = concat_mask_key
         if scale_by_std_batches < 1:
             raise ValueError(f"scale_by_std_batches must be >= 1, got {scale_by_std_batches}")
         self.scale_by_std_batches = int(scale_by_std_batches)
@@ -98,7 +102,7 @@ class LatentDiffusion(DDPM):
             self._set_buffer("cond_ids", ids, persistent=False)
 
     def instantiate_first_stage(self, config) -> None:
-        model = instantiate_from_config(config, node="first_stage_config")
+        model = config if isinstance(config, nn.Module) else instantiate_from_config(config, node="first_stage_config")
         if model is None:
             raise ConfigError("first_stage_config must build a first stage (use IdentityFirstStage for pixel space)")
         self.first_stage_model = _freeze(model)
@@ -112,7 +116,7 @@ class LatentDiffusion(DDPM):
             print(f"{type(self).__name__}: using the first stage as the cond stage")
             self.cond_stage_model = self.first_stage_model
             return
-        model = instantiate_from_config(config, node="cond_stage_config")
+        model = config if isinstance(config, nn.Module) else instantiate_from_config(config, node="cond_stage_config")
         self.cond_stage_model = model if self.cond_stage_trainable else _freeze(model)
         output_key = getattr(model, "output_key", None)
         expected = BARE_TENSOR_ENTRY.get(self.conditioning_key)
@@ -161,6 +165,25 @@ class LatentDiffusion(DDPM):
         return mean.float(), std.float()
 
     @torch.no_grad()
+    def batch_latent_moments(self, batch: Mapping, n: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Unscaled latent ``(mean, std)`` of a batch: read from a latent-cache batch (``latent_mean`` /
+        ``latent_std``, see :mod:`ldm.data.latent_cache`; no encoder runs), else encoded from
+        ``batch[first_stage_key]``."""
+        from ldm.data.latent_cache import cached_moments
+
+        moments = cached_moments(batch, n, self.device)
+        if moments is not None:
+            return moments
+        x = self.image_from_batch(batch, self.first_stage_key)[:n].to(self.device)
+        return self.latent_moments(x)
+
+    def latents_from_batch(self, batch: Mapping, n: int | None = None, sample: bool = True) -> torch.Tensor:
+        """``scale_factor * (mean + std * eps)`` for a batch (images or cached latents)."""
+        mean, std = self.batch_latent_moments(batch, n)
+        z = mean + std * torch.randn_like(mean) if sample else mean
+        return self.scale_factor * z
+
+    @torch.no_grad()
     def encode_to_latent(self, x: torch.Tensor, sample: bool = True) -> torch.Tensor:
         """``scale_factor * (mean + std * eps)`` (or the mean with ``sample=False``)."""
         mean, std = self.latent_moments(x)
@@ -201,8 +224,7 @@ class LatentDiffusion(DDPM):
             raise RuntimeError("estimate_scale_factor needs scale_by_std=True")
         stats = torch.zeros(3, dtype=torch.float64, device=self.device)
         for batch in batches:
-            x = self.image_from_batch(batch, self.first_stage_key).to(self.device)
-            mean, std = self.latent_moments(x)
+            mean, std = self.batch_latent_moments(batch)
             z = (mean + std * torch.randn_like(mean)).double()
             stats += torch.stack([z.sum(), z.square().sum(), torch.tensor(float(z.numel()), device=z.device, dtype=torch.float64)])
         stats = self._reduce_sum(stats)
@@ -216,7 +238,8 @@ class LatentDiffusion(DDPM):
         return value
 
     def on_train_start(self) -> None:
-        if not self.scale_by_std or self._scale_factor_fitted or self.restarted_from_ckpt:
+        # a loaded checkpoint that holds a scale_factor (resume, ckpt_path, --init-from) is never re-estimated
+        if not self.scale_by_std or self._scale_factor_fitted:
             return
         loader = self.trainer.train_dataloader
         if loader is None:
@@ -255,7 +278,8 @@ class LatentDiffusion(DDPM):
 
     def get_learned_conditioning(self, c, drop_mask: torch.Tensor | None = None):
         """tau_theta(y) (LDM Eq. 3): the conditioner's output for raw conditioning ``c``; rows where
-        ``drop_mask`` is True get the null condition (classifier-free-guidance training)."""
+        ``drop_mask`` is True get the null condition (classifier-free-guidance training); without a
+        mask nothing is dropped."""
         model = self.cond_stage_model
         if model is None:
             return None
@@ -263,8 +287,8 @@ class LatentDiffusion(DDPM):
             return self.encode_to_latent(c, sample=False)
         if self.cond_stage_forward is not None:
             return getattr(model, self.cond_stage_forward)(c)
-        if self._supports_contract():
-            return model.encode(c, drop_mask=drop_mask)
+        if self._supports_contract():  # dropout only where drop_mask says so (never the module's own)
+            return model.encode(c, drop_mask=drop_mask if drop_mask is not None else self._no_drop(c))
         if callable(getattr(model, "encode", None)):
             out = model.encode(c)
             return out.mode() if callable(getattr(out, "mode", None)) else out
@@ -296,14 +320,30 @@ class LatentDiffusion(DDPM):
             return None
         raw = self.raw_condition(batch, n)
         drop = self.training if drop is None else drop
-        drop_mask = None
+        drop_mask = self._no_drop(raw)
         if drop and self.ucg_rate > 0:
             batch_size = raw.shape[0] if isinstance(raw, torch.Tensor) else len(raw)
             drop_mask = torch.rand(batch_size, device=self.device) < self.ucg_rate
         if self.cond_stage_trainable:
-            return self.get_learned_conditioning(raw, drop_mask)
-        with torch.no_grad():
-            return self.get_learned_conditioning(raw, drop_mask)
+            cond = self.get_learned_conditioning(raw, drop_mask)
+        else:
+            with torch.no_grad():
+                cond = self.get_learned_conditioning(raw, drop_mask)
+        return self.append_mask(cond, batch, n)
+
+    def append_mask(self, cond, batch: Mapping, n: int | None = None):
+        """With ``concat_mask_key`` (inpainting): concatenate ``batch[concat_mask_key]`` (1 = region to
+        fill), resized to the latent size, to the concat condition (the original inpainting model's
+        masked-image latent + mask input, 3 + 1 channels)."""
+        if self.concat_mask_key is None:
+            return cond
+        mask = self.image_from_batch(batch, self.concat_mask_key)[:n].to(self.device)
+        target = cond["concat"] if isinstance(cond, Mapping) else cond
+        mask = torch.nn.functional.interpolate(mask, size=target.shape[-2:], mode="nearest").to(target.dtype)
+        joined = torch.cat([target, mask], dim=1)
+        if isinstance(cond, Mapping):
+            return {**cond, "concat": joined}
+        return joined
 
     # ------------------------------------------------------------------ training
     def get_input(self, batch: Mapping, k: str, return_first_stage_outputs: bool = False,
@@ -312,7 +352,7 @@ class LatentDiffusion(DDPM):
         """Original interface: ``[z, c]`` (+ ``x, xrec`` with ``return_first_stage_outputs``, + the raw
         condition with ``return_original_cond``). ``c`` is the learned conditioning."""
         x = self.image_from_batch(batch, k)[:bs].to(self.device)
-        z = self.encode_to_latent(x)
+        z = self.encode_to_latent(x)  # the original interface always encodes images
         key = cond_key or self.cond_stage_key
         c = xc = None
         if self.cond_stage_model is not None:
@@ -330,9 +370,8 @@ class LatentDiffusion(DDPM):
         return out
 
     def shared_step(self, batch: Mapping, **kwargs):
-        x = self.image_from_batch(batch, self.first_stage_key).to(self.device)
-        self._batch_size = x.shape[0]
-        z = self.encode_to_latent(x)
+        z = self.latents_from_batch(batch)
+        self._batch_size = z.shape[0]
         cond = self.condition_from_batch(batch)
         return self(z, cond, **kwargs)
 
@@ -373,14 +412,24 @@ class LatentDiffusion(DDPM):
                                  "(labels, captions, images) instead of a batch size")
             return cond_or_batch_size, None, None
         raw = cond_or_batch_size
-        if isinstance(raw, Mapping):
-            raw = self.raw_condition(raw)
-        elif isinstance(raw, torch.Tensor):
-            raw = raw.to(self.device)
         if self.cond_stage_model is None:
             raise ValueError("an unconditional model takes a batch size, not a condition")
+        if isinstance(raw, Mapping):  # a batch: its condition (and inpainting mask)
+            cond = self.condition_from_batch(raw, drop=False)
+            raw = self.raw_condition(raw)
+        else:
+            raw = raw.to(self.device) if isinstance(raw, torch.Tensor) else raw
+            cond = self.get_learned_conditioning(raw, self._no_drop(raw))
         batch_size = raw.shape[0] if isinstance(raw, torch.Tensor) else len(raw)
-        return batch_size, self.get_learned_conditioning(raw), self.null_conditioning(batch_size)
+        null = self.null_conditioning(batch_size) if self.concat_mask_key is None else None
+        return batch_size, cond, null
+
+    def _no_drop(self, raw):
+        """An all-False drop mask (no condition dropout at sampling, whatever the module's mode)."""
+        if not self._supports_contract():
+            return None
+        size = self.cond_stage_model.batch_size(raw) if hasattr(self.cond_stage_model, "batch_size") else len(raw)
+        return torch.zeros(size, dtype=torch.bool, device=self.device)
 
     @torch.no_grad()
     def sample(self, cond_or_batch_size: Any = 16, *, sampler: str | None = None, steps: int | None = None,
@@ -412,10 +461,11 @@ class LatentDiffusion(DDPM):
         ``ddim_steps`` DDIM run with EMA weights) and ``samples_cfg_scale_<s>`` when guided."""
         if unconditional_guidance_scale is not None:
             guidance_scale = unconditional_guidance_scale
-        x = self.image_from_batch(batch, self.first_stage_key)[:N].to(self.device)
-        n = x.shape[0]
-        z = self.encode_to_latent(x, sample=False)
-        out = {"inputs": x.clamp(-1, 1), "reconstruction": self.decode_samples(z)}
+        z = self.latents_from_batch(batch, N, sample=False)
+        n = z.shape[0]
+        out = {"reconstruction": self.decode_samples(z)}
+        if self.first_stage_key in batch:  # a latent-cache batch holds no image
+            out["inputs"] = self.image_from_batch(batch, self.first_stage_key)[:n].to(self.device).clamp(-1, 1)
         raw = self.raw_condition(batch, n) if self.cond_stage_model is not None else None
         if isinstance(raw, torch.Tensor) and raw.ndim == 4 and raw.shape[1] == 3 and raw.is_floating_point():
             out["conditioning"] = raw.float().clamp(-1, 1)
@@ -423,6 +473,8 @@ class LatentDiffusion(DDPM):
             out["diffusion_row"] = self.diffusion_row(z[:n_row])
         if sample:
             source = raw if raw is not None else n
+            if self.concat_mask_key is not None:
+                source = {k: v[:n] for k, v in batch.items() if k in (self.cond_stage_key, self.concat_mask_key)}
             out["samples"] = self.sample(source, steps=ddim_steps, eta=ddim_eta)
             if guidance_scale != 1.0 and self.null_conditioning(1) is not None:
                 out[f"samples_cfg_scale_{guidance_scale:.2f}"] = self.sample(

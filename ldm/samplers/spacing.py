@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import math
+import operator
 
 import torch
 
@@ -23,7 +24,11 @@ def make_timesteps(num_timesteps: int, steps: int, spacing: str = "uniform",
                    alphas_cumprod: torch.Tensor | None = None) -> list[int]:
     """Ascending list of distinct 0-based timesteps for a sampler with ``steps`` steps."""
     T = int(num_timesteps)
-    if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
+    try:
+        steps = operator.index(steps)   # ints and numpy integers, not floats or strings
+    except TypeError:
+        raise ValueError(f"steps must be a positive int, got {steps!r}") from None
+    if isinstance(steps, bool) or steps < 1:
         raise ValueError(f"steps must be a positive int, got {steps!r}")
     if steps > T:
         raise ValueError(f"steps={steps} exceeds the {T} training timesteps")

@@ -14,7 +14,6 @@ Sub-module names (``scaling_layer``, ``net.slice1..5``, ``lin0..lin4``) are thos
 from __future__ import annotations
 
 import os
-import warnings
 from pathlib import Path
 
 import torch
@@ -90,32 +89,65 @@ def _spatial_unit_normalize(features: torch.Tensor, eps: float = 1e-10) -> torch
     return features / (features.pow(2).sum(dim=1, keepdim=True).sqrt() + eps)
 
 
+class VGG16Trunk(nn.Module):
+    """torchvision VGG-16 ``features`` cut into the five LPIPS slices (relu1_2 ... relu5_3).
+
+    Built from ``torchvision.models.vgg.make_layers`` rather than a full ``vgg16()`` so the
+    120M-parameter classifier is never allocated; layer indices (and keys) are those of ``lpips``.
+    """
+
+    def __init__(self):
+        super().__init__()
+        from torchvision.models.vgg import cfgs, make_layers
+
+        features = make_layers(cfgs["D"])
+        for slice_no, (lo, hi) in enumerate(_SLICE_BOUNDS, start=1):
+            part = nn.Sequential()
+            for index in range(lo, hi):
+                part.add_module(str(index), features[index])
+            setattr(self, f"slice{slice_no}", part)
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        outputs = []
+        for slice_no in range(1, len(_SLICE_BOUNDS) + 1):
+            x = getattr(self, f"slice{slice_no}")(x)
+            outputs.append(x)
+        return outputs
+
+
 class LPIPSLoss(nn.Module):
-    """Frozen LPIPS-VGG distance; ``forward(x, y)`` (B×3×H×W in [-1, 1]) returns B×1×1×1."""
+    """Frozen LPIPS-VGG distance; ``forward(x, y)`` (B×3×H×W in [-1, 1]) returns B×1×1×1.
+
+    ``ScalingLayer``, ``NetLinLayer`` and the calibrated linear-head weights (``weights/v0.1/vgg.pth``)
+    come from the ``lpips`` package; the trunk is torchvision's VGG-16 features.
+    """
+
+    CHANNELS = (64, 128, 256, 512, 512)
 
     def __init__(self, backbone: str = "vgg", weights_path: str | os.PathLike | None = None, use_dropout: bool = True):
         super().__init__()
         if backbone not in BACKBONES:
             raise ValueError(f"LPIPSLoss: backbone must be one of {BACKBONES}, got {backbone!r}")
-        import lpips  # the package ships the calibrated linear heads; the trunk is built untrained here
+        trunk_path = resolve_vgg16_weights(weights_path) if backbone == "vgg" else None  # fail before building
+        import lpips
+        from lpips.lpips import NetLinLayer, ScalingLayer
 
-        with warnings.catch_warnings():  # torchvision's "pretrained is deprecated" chatter
-            warnings.simplefilter("ignore", UserWarning)
-            reference = lpips.LPIPS(net="vgg", pretrained=True, pnet_rand=True, use_dropout=use_dropout, verbose=False)
         self.backbone = backbone
-        self.scaling_layer = reference.scaling_layer
-        self.net = reference.net
-        self.num_layers = len(reference.chns)
-        for k in range(self.num_layers):
-            setattr(self, f"lin{k}", getattr(reference, f"lin{k}"))
-        if backbone == "vgg":
-            path = resolve_vgg16_weights(weights_path)
-            from ldm.checkpoint import safe_torch_load
+        self.scaling_layer = ScalingLayer()
+        self.net = VGG16Trunk()
+        self.num_layers = len(self.CHANNELS)
+        for k, channels in enumerate(self.CHANNELS):
+            setattr(self, f"lin{k}", NetLinLayer(channels, use_dropout=use_dropout))
+        heads = Path(lpips.__file__).parent / "weights" / "v0.1" / "vgg.pth"
+        from ldm.checkpoint import safe_torch_load
 
-            trunk = vgg16_features_to_lpips_trunk(safe_torch_load(path))
+        head_state = safe_torch_load(heads)
+        self.load_state_dict(head_state, strict=False)
+        if trunk_path is not None:
+            trunk = vgg16_features_to_lpips_trunk(safe_torch_load(trunk_path))
             missing = set(self.net.state_dict()) - set(trunk)
             if missing:
-                raise LPIPSWeightsError(f"{path} is not a torchvision VGG-16 state dict (missing {sorted(missing)[:4]} ...)")
+                raise LPIPSWeightsError(f"{trunk_path} is not a torchvision VGG-16 state dict (missing {sorted(missing)[:4]} ...)")
             self.net.load_state_dict(trunk, strict=True)
         self.requires_grad_(False)
         self.eval()

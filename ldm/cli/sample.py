@@ -1,0 +1,313 @@
+"""Sampling commands: ``python -m ldm.cli.sample MODE [model] [options]`` (docs/sampling.md).
+
+Modes::
+
+    uncond    unconditional models
+    class     class-conditional models          --classes 0,3,5 | all
+    txt2img   text-conditional models           --prompt "a red circle" [--prompt ...] | --from-file F
+    img2img   any of the above, from an image   --init-img PATH --strength 0.75 [--prompt | --classes]
+    inpaint   any of the above, with a mask     --init-img PATH --mask PATH (white = regenerate)
+
+The model comes from ``--run DIR`` (a run directory of ``main.py``: configs/*-project.yaml and
+checkpoints/last.ckpt) or ``--ckpt PATH --config YAML``; weights are loaded without unpickling
+code. EMA weights are used by default (``--no-ema`` for the trained weights). ``--H/--W`` set the
+pixel size; sizes larger than trained sample convolutionally (LDM Sec. 4.3.2).
+
+Each run writes ``OUTDIR/samples/NNNNN.png``, ``OUTDIR/grid.png`` and ``OUTDIR/settings.json``.
+``run(argv)`` returns a :class:`SampleResult` and raises :class:`SampleError` on bad input;
+``main(argv)`` prints ``sample: error: ...`` and returns exit code 2 instead.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+from ldm.cli.load_model import SampleError
+
+MODES = ("uncond", "class", "txt2img", "img2img", "inpaint")
+#: which conditioning each mode drives; img2img / inpaint follow the model
+MODE_KIND = {"uncond": "none", "class": "class", "txt2img": "text"}
+#: classifier-free guidance scale when --scale is not given (original txt2img: 5.0; class notebook: 3.0)
+DEFAULT_SCALE = {"none": 1.0, "class": 3.0, "text": 5.0}
+SAMPLER_CHOICES = ("ddpm", "ddim", "plms", "dpm++", "dpm_solver++", "dpmpp_2m")
+
+
+@dataclass
+class SampleResult:
+    outdir: Path
+    files: list[Path]
+    grid: Path
+    settings_path: Path
+    settings: dict
+
+
+# ---------------------------------------------------------------------------- arguments
+def _positive_int(value: str) -> int:
+    number = int(value)
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return number
+
+
+def _common_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    model = common.add_argument_group("model")
+    model.add_argument("--run", help="run directory of main.py (configs/*-project.yaml + checkpoints/last.ckpt), "
+                                     "or a checkpoint inside its checkpoints/ folder")
+    model.add_argument("--ckpt", help="checkpoint (.ckpt/.pt/.safetensors); with --run: instead of last.ckpt")
+    model.add_argument("--config", nargs="+", default=[], help="model config YAML(s) for --ckpt; with --run: merged "
+                                                               "after the run's configs")
+    model.add_argument("--no-ema", "--no_ema", dest="no_ema", action="store_true",
+                       help="use the trained weights instead of the EMA weights")
+    model.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps (default auto)")
+    model.add_argument("--unsafe-load", "--unsafe_load", dest="unsafe_load", action="store_true",
+                       help="allow full unpickling of a checkpoint you trust")
+    sampling = common.add_argument_group("sampling")
+    sampling.add_argument("--sampler", default=None, help=f"{' | '.join(SAMPLER_CHOICES[:4])} "
+                                                          "(default: the model's sampler_config, else ddim)")
+    sampling.add_argument("--steps", type=_positive_int, default=None, help="sampling steps (default: model config, else 50)")
+    sampling.add_argument("--eta", type=float, default=None, help="DDIM eta (0 = deterministic DDIM)")
+    sampling.add_argument("--scale", type=float, default=None,
+                          help="classifier-free guidance scale (default 5.0 text, 3.0 class; 1 = no guidance)")
+    sampling.add_argument("--rescale", type=float, default=0.0, help="guidance rescale in [0, 1] (default 0)")
+    sampling.add_argument("--seed", type=int, default=42, help="random seed (default 42)")
+    sampling.add_argument("--n_samples", "--n-samples", dest="n_samples", type=_positive_int, default=4,
+                          help="samples per prompt / class / init image (default 4)")
+    sampling.add_argument("--batch_size", "--batch-size", dest="batch_size", type=_positive_int, default=4,
+                          help="samples per forward pass (default 4)")
+    sampling.add_argument("--H", dest="H", type=_positive_int, default=None,
+                          help="image height in pixels (default: trained size, or the init image's)")
+    sampling.add_argument("--W", dest="W", type=_positive_int, default=None, help="image width in pixels")
+    output = common.add_argument_group("output")
+    output.add_argument("--outdir", default=None, help="output directory (default outputs/<mode>-samples)")
+    output.add_argument("--n_rows", "--n-rows", dest="n_rows", type=_positive_int, default=None,
+                        help="images per grid row (default: n_samples when there are several conditions)")
+    output.add_argument("--no-progress", "--no_progress", dest="no_progress", action="store_true",
+                        help="no progress bar")
+    return common
+
+
+def _add_condition_flags(parser: argparse.ArgumentParser, *, text: bool, classes: bool) -> None:
+    if text:
+        parser.add_argument("--prompt", action="append", default=None, help="a caption (repeatable)")
+        parser.add_argument("--from-file", "--from_file", dest="from_file", default=None,
+                            help="a text file with one prompt per line")
+    if classes:
+        parser.add_argument("--classes", "--class", dest="classes", default=None,
+                            help="class indices, comma-separated (e.g. 0,3,5), or 'all'")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m ldm.cli.sample", allow_abbrev=False,
+                                     description="Sample images from a trained (latent) diffusion model.")
+    modes = parser.add_subparsers(dest="mode", metavar="MODE", required=True)
+    common = _common_parser()
+    kw = {"parents": [common], "allow_abbrev": False}
+    modes.add_parser("uncond", help="unconditional sampling", **kw)
+    _add_condition_flags(modes.add_parser("class", help="class-conditional sampling", **kw), text=False, classes=True)
+    _add_condition_flags(modes.add_parser("txt2img", help="text-to-image", **kw), text=True, classes=False)
+    for mode, text in (("img2img", "image-to-image: noise an image to --strength, then denoise"),
+                       ("inpaint", "regenerate the white region of --mask, keep the rest")):
+        sub = modes.add_parser(mode, help=text, **kw)
+        _add_condition_flags(sub, text=True, classes=True)
+        sub.add_argument("--init-img", "--init_img", dest="init_img", required=True, help="the input image")
+        if mode == "img2img":
+            sub.add_argument("--strength", type=float, default=0.75,
+                             help="noise level to start from, in (0, 1]: 1 = pure noise (default 0.75)")
+        else:
+            sub.add_argument("--mask", required=True, help="mask image: white = regenerate, black = keep")
+            sub.add_argument("--no-paste", "--no_paste", dest="no_paste", action="store_true",
+                             help="do not paste the known pixels back over the decoded result")
+    return parser
+
+
+# ---------------------------------------------------------------------------- conditions
+def _conditions(args: argparse.Namespace, model, kind: str) -> list[Any]:
+    """The raw conditions (class indices or captions), one per group of n_samples; [None] if none."""
+    from ldm.cli.sampling_io import parse_classes, read_prompts
+    from ldm.cli.sampling_model import check_classes, describe, valid_classes
+
+    prompts = read_prompts(getattr(args, "prompt", None), getattr(args, "from_file", None))
+    class_spec = getattr(args, "classes", None)
+    what = describe(model)
+    if kind == "class" and prompts:
+        raise SampleError(f"--prompt / --from-file given, but this model is {what}: ask for class indices with "
+                          "--classes (e.g. --classes 0,3,5)")
+    if kind == "text" and class_spec is not None:
+        raise SampleError(f"--classes given, but this model is {what}: pass captions with --prompt or --from-file")
+    if kind == "none" and (prompts or class_spec is not None):
+        raise SampleError(f"this model is {what}: it takes no --prompt or --classes")
+    if kind == "class":
+        if class_spec is None and args.mode != "class":
+            raise SampleError(f"{args.mode} with a {what} model needs --classes (e.g. --classes 3)")
+        return check_classes(model, parse_classes(class_spec, valid_classes(model)))
+    if kind == "text":
+        if not prompts:
+            raise SampleError(f"{args.mode} with a {what} model needs --prompt \"...\" or --from-file prompts.txt")
+        return prompts
+    return [None]
+
+
+def _check_mode(args: argparse.Namespace, kind: str, model) -> None:
+    from ldm.cli.sampling_model import describe
+
+    if kind == "other":
+        raise SampleError(f"this model is {describe(model)}; the sampling commands drive unconditional, class- and "
+                          "text-conditional models")
+    wanted = MODE_KIND.get(args.mode)
+    if wanted is not None and wanted != kind:
+        suggestion = {v: k for k, v in MODE_KIND.items()}[kind]
+        needs = {"none": "an unconditional", "class": "a class-conditional", "text": "a text-conditional"}[wanted]
+        raise SampleError(f"mode {args.mode!r} needs {needs} model, but this model is {describe(model)}: "
+                          f"use the {suggestion!r} mode")
+
+
+def _raw_batch(kind: str, items: Sequence[Any], device):
+    import torch
+
+    if kind == "class":
+        return torch.tensor(list(items), dtype=torch.long, device=device)
+    if kind == "text":
+        return list(items)
+    return None
+
+
+# ---------------------------------------------------------------------------- the run
+def _pixel_size(args: argparse.Namespace, model) -> tuple[int, int]:
+    from ldm.cli.sampling_io import image_size
+    from ldm.cli.sampling_model import round_to_multiple, trained_pixel_size
+
+    if args.mode in ("img2img", "inpaint"):
+        default = round_to_multiple(model, *image_size(args.init_img))
+    else:
+        default = trained_pixel_size(model)
+    return (args.H or default[0]), (args.W or default[1])
+
+
+def _check_numbers(args: argparse.Namespace) -> None:
+    if args.mode == "img2img" and not 0.0 < args.strength <= 1.0:
+        raise SampleError(f"--strength must be in (0, 1], got {args.strength}")
+    if not 0.0 <= args.rescale <= 1.0:
+        raise SampleError(f"--rescale must be in [0, 1], got {args.rescale}")
+    if args.eta is not None and args.eta < 0:
+        raise SampleError(f"--eta must be >= 0, got {args.eta}")
+    if args.mode in ("img2img", "inpaint"):
+        from ldm.cli.sampling_io import image_size
+
+        image_size(args.init_img)  # fail on an unreadable image before loading the model
+        if args.mode == "inpaint":
+            image_size(args.mask, "--mask")
+
+
+def run(argv: Sequence[str] | None = None) -> SampleResult:
+    args = build_parser().parse_args(argv)
+    _check_numbers(args)
+    import torch
+
+    from ldm.cli.load_model import load_model
+    from ldm.cli.sampling_draw import build_sampler, draw_batch, sampler_settings
+    from ldm.cli.sampling_io import SampleWriter, load_image, load_mask
+    from ldm.cli.sampling_model import (conditioning_kind, describe, downsample_mask, encode_images,
+                                        first_stage_factor, grid_rows, image_channels, latent_shape)
+
+    loaded = load_model(run=args.run, ckpt=args.ckpt, config=args.config, device=args.device,
+                        trust_checkpoint=args.unsafe_load)
+    model = loaded.model
+    for note in loaded.notes:
+        print(f"note: {note}")
+    kind = conditioning_kind(model)
+    _check_mode(args, kind, model)
+    conditions = _conditions(args, model, kind)
+    scale = DEFAULT_SCALE[kind] if args.scale is None else float(args.scale)
+    if kind == "none" and scale != 1.0:
+        raise SampleError(f"--scale {scale}: guidance needs a conditional model; this model is unconditional")
+    height, width = _pixel_size(args, model)
+    shape = latent_shape(model, height, width)
+    settings = sampler_settings(model, args.sampler, args.steps, args.eta)
+    sampler = build_sampler(model, settings, progress=not args.no_progress)
+    use_ema = not args.no_ema and bool(getattr(model, "use_ema", False))
+    if not args.no_ema and not use_ema:
+        print("note: this model has no EMA weights; sampling with its trained weights")
+
+    device = model.device
+    generator = torch.Generator().manual_seed(args.seed)
+    items = [c for c in conditions for _ in range(args.n_samples)]
+    init = keep_px = x_start = keep_latent = None
+    if args.mode in ("img2img", "inpaint"):
+        init = load_image(args.init_img, height, width, image_channels(model)).to(device)
+        x_start = encode_images(model, init)
+    if args.mode == "inpaint":
+        regenerate = load_mask(args.mask, height, width).to(device)
+        keep_px = 1.0 - regenerate
+        keep_latent = 1.0 - downsample_mask(regenerate, first_stage_factor(model))
+    # starting noise for every sample at once: a sample does not depend on --batch_size (DDIM eta=0)
+    noise = None if args.mode == "img2img" else torch.randn((len(items), *shape), generator=generator)
+
+    outdir = Path(args.outdir or f"outputs/{args.mode}-samples")
+    writer = SampleWriter(outdir)
+    print(f"sampling {len(items)} image(s) of {height}x{width} (latent {'x'.join(map(str, shape))}) with "
+          f"{sampler!r}, scale {scale}, {'EMA' if use_ema else 'trained'} weights, on {device}; model: {describe(model)}")
+    started = time.perf_counter()
+    with (model.ema_scope() if use_ema else nullcontext()):
+        for begin in range(0, len(items), args.batch_size):
+            chunk = items[begin:begin + args.batch_size]
+            n = len(chunk)
+            expand = (lambda t: None if t is None else t.expand(n, *t.shape[1:]))
+            images = draw_batch(model, sampler, raw_condition=_raw_batch(kind, chunk, device), batch_size=n,
+                                scale=scale, rescale=args.rescale, shape=(n, *shape),
+                                x_T=None if noise is None else noise[begin:begin + n].to(device),
+                                x_start=expand(x_start), strength=getattr(args, "strength", 1.0),
+                                keep_mask=expand(keep_latent), generator=generator)
+            if keep_px is not None and not args.no_paste:
+                images = keep_px * init + (1.0 - keep_px) * images
+            writer.add(images)
+    seconds = time.perf_counter() - started
+
+    n_rows = args.n_rows or grid_rows(len(items), args.n_samples, len(conditions))
+    grid = writer.write_grid(n_rows)
+    record = {
+        "mode": args.mode, "model": {"run": None if loaded.run_dir is None else str(loaded.run_dir),
+                                     "checkpoint": str(loaded.checkpoint),
+                                     "configs": [str(c) for c in loaded.config_files],
+                                     "conditioning": describe(model)},
+        "sampler": settings.name, "steps": settings.steps, "steps_run": sampler.num_steps, "eta": settings.eta,
+        "scale": scale, "rescale": args.rescale, "seed": args.seed, "n_samples": args.n_samples,
+        "batch_size": args.batch_size, "H": height, "W": width, "latent_shape": list(shape), "ema": use_ema,
+        "device": str(device), "conditions": conditions if kind != "none" else [],
+        "strength": getattr(args, "strength", None), "init_img": getattr(args, "init_img", None),
+        "mask": getattr(args, "mask", None), "paste_known": None if args.mode != "inpaint" else not args.no_paste,
+        "seconds": round(seconds, 3), "seconds_per_image": round(seconds / max(1, len(items)), 4),
+    }
+    settings_path, record = writer.write_settings(record, items if kind != "none" else [None] * len(items))
+    first, last = writer.files[0].name, writer.files[-1].name
+    print(f"wrote {len(writer.files)} sample(s) to {writer.sample_dir}/ ({first} .. {last}), grid {grid}, "
+          f"settings {settings_path} ({seconds:.1f} s)")
+    return SampleResult(outdir=outdir, files=list(writer.files), grid=grid, settings_path=settings_path,
+                        settings=record)
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    from ldm.cli.config import CLIError
+    from ldm.util import ConfigError
+
+    return SampleError, ConfigError, CLIError
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point: bad input ends with one line ``sample: error: ...`` on stderr and exit code 2."""
+    try:
+        run(argv)
+    except _user_errors() as err:
+        message = " ".join(str(err).split())
+        print(f"sample: error: {message}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

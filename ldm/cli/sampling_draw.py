@@ -1,0 +1,95 @@
+"""One batch of samples from a loaded model: sampler choice, guidance, img2img and inpainting.
+
+The model supplies the denoiser (``model.denoiser()``), the schedule, the parameterisation and
+its sampler defaults (``sampler_config`` in the YAML, ``sampler_defaults()``); everything else is
+:mod:`ldm.samplers`, which knows nothing of Lightning:
+
+- text / class conditions with ``scale != 1`` go through
+  :func:`~ldm.samplers.classifier_free_guidance` (conditional and null condition in one forward);
+- image-to-image (SDEdit-style): the encoded image is noised to the level of ``strength`` and
+  denoised from there (``Sampler.sample(x_start=..., strength=...)``);
+- inpainting: after every step the known region is replaced by the encoded image noised to the
+  current level (``Sampler.sample(mask=keep, known=...)``, mask 1 = keep).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from ldm.cli.load_model import SampleError
+
+
+@dataclass
+class SamplerSettings:
+    name: str
+    steps: int
+    eta: float
+    options: dict
+
+
+def sampler_settings(model, name: str | None, steps: int | None, eta: float | None) -> SamplerSettings:
+    """Flags over the model's ``sampler_config`` over the built-in defaults (DDIM, 50 steps, eta 0)."""
+    config = {"sampler": "ddim", "steps": 50, "eta": 0.0, **dict(getattr(model, "sampler_config", {}) or {})}
+    options = {key: value for key, value in config.items() if key not in ("sampler", "steps", "eta")}
+    options = {**model.sampler_defaults(), "variance_type": model.variance_type, **options}
+    return SamplerSettings(name=str(name or config["sampler"]), steps=int(steps if steps is not None else config["steps"]),
+                           eta=float(eta if eta is not None else config["eta"]), options=options)
+
+
+def build_sampler(model, settings: SamplerSettings, progress: bool = False):
+    from ldm.samplers import ALIASES, get_sampler
+
+    options = dict(settings.options)
+    key = ALIASES.get(settings.name.lower(), settings.name.lower())
+    if settings.eta != 0.0 or key == "ddim":
+        options["eta"] = settings.eta
+    try:
+        return get_sampler(settings.name, model.schedule, model.parameterization, steps=settings.steps,
+                           progress=progress, **options)
+    except (ValueError, TypeError) as err:
+        raise SampleError(f"--sampler {settings.name} --steps {settings.steps} --eta {settings.eta}: {err}") from err
+
+
+def guided_denoiser(model, null_cond: Any, scale: float, rescale: float = 0.0):
+    """The model's denoiser, wrapped in classifier-free guidance when ``scale != 1``."""
+    from ldm.samplers import classifier_free_guidance
+
+    denoise = model.denoiser()
+    if scale == 1.0:
+        return denoise
+    if null_cond is None:
+        raise SampleError(f"--scale {scale}: classifier-free guidance needs a null condition, and this model's "
+                          "conditioner provides none; use --scale 1")
+    return classifier_free_guidance(denoise, null_cond, scale, rescale=rescale,
+                                    learned_variance=model.variance_type in ("learned", "learned_range"))
+
+
+@torch.no_grad()
+def draw_batch(model, sampler, *, raw_condition: Any = None, batch_size: int, scale: float = 1.0,
+               rescale: float = 0.0, x_T: torch.Tensor | None = None, shape=None,
+               x_start: torch.Tensor | None = None, strength: float = 1.0,
+               keep_mask: torch.Tensor | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Images in [-1, 1] for one batch. ``raw_condition``: labels (LongTensor) or captions (list of
+    str) for conditional models, None otherwise. ``x_start``/``keep_mask`` are in model space."""
+    cond = null = None
+    if raw_condition is not None:
+        cond = model.get_learned_conditioning(raw_condition)
+        null = model.null_conditioning(batch_size) if scale != 1.0 else None
+    denoise = guided_denoiser(model, null, scale, rescale)
+    device = model.device
+    kwargs: dict[str, Any] = {"cond": cond, "generator": generator, "device": device, "dtype": torch.float32}
+    if keep_mask is not None:
+        if x_start is None:
+            raise SampleError("inpainting needs the encoded image")
+        kwargs.update(shape=tuple(x_start.shape), known=x_start, mask=keep_mask, x_T=x_T)
+    elif x_start is not None:
+        kwargs.update(x_start=x_start, strength=strength)
+    else:
+        kwargs.update(shape=shape, x_T=x_T)
+    try:
+        z = sampler.sample(denoise, **kwargs)
+    except ValueError as err:
+        raise SampleError(str(err)) from err
+    return model.decode_samples(z)
