@@ -197,3 +197,20 @@ def test_latent_diffusion_trains_from_the_cache_without_the_encoder(kl_cache):
     assert after < 0.8 * before
     assert not calls  # no encoder call in the training steps
     assert all(p.grad is None for p in model.first_stage_model.parameters())
+
+
+def test_streaming_webdataset_source(tmp_path):
+    from ldm.data.webdataset import WebImageDataset, write_webdataset
+
+    shapes = ShapesDataset(size=SIZE, length=5, seed=4)
+    samples = [{"image": s["image"], "caption": s["caption"], "class_label": s["class_label"]} for s in shapes]
+    write_webdataset(samples, str(tmp_path / "wds" / "shard-%06d.tar"), maxcount=3)
+    stream = WebImageDataset(str(tmp_path / "wds"))
+    manifest = encode_dataset(IdentityFirstStage(), stream, tmp_path / "cache", batch_size=2, limit=4)
+    assert manifest["num_samples"] == 4 and manifest["source"]["num_source_samples"] is None
+    cache = LatentCacheDataset(tmp_path / "cache")
+    for i, sample in zip(range(4), stream):
+        item = cache[i]
+        assert torch.equal(item["latent_mean"], sample["image"])
+        assert (item["caption"], item["class_label"], item["source_key"]) == \
+            (sample["caption"], sample["class_label"], sample["__key__"])

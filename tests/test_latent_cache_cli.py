@@ -21,7 +21,8 @@ def ldm_config(length: int = 24) -> dict:
     """A LatentDiffusion config: only first_stage_config, first_stage_key and data are read by the command."""
     return {
         "model": {"target": "ldm.models.diffusion.ddpm.LatentDiffusion",  # an original target string
-                  "params": {"first_stage_key": "image", "scale_factor": 0.5, "cond_stage_config": "__is_unconditional__",
+                  "params": {"first_stage_key": "image", "scale_factor": 0.5,
+                             "cond_stage_config": "__is_unconditional__",
                              "unet_config": {"target": "ldm.modules.unet.UNetModel", "params": {}},
                              "first_stage_config": {
                                  "target": "ldm.models.autoencoder.AutoencoderKL",

@@ -255,7 +255,8 @@ def test_errors_for_mode_and_conditioning_mismatch(runs, tmp_path):
     out = ["--outdir", str(tmp_path)]
     message = _error(["txt2img", "--run", str(runs["class"]), "--prompt", "a red circle", *out])
     assert "class-conditional" in message and "'class' mode" in message
-    assert "--classes" in _error(["img2img", "--run", str(runs["class"]), "--init-img", str(shapes_image_path(tmp_path)),
+    picture = str(shapes_image_path(tmp_path))
+    assert "--classes" in _error(["img2img", "--run", str(runs["class"]), "--init-img", picture,
                                   "--prompt", "a red circle", *out])
     assert "unconditional" in _error(["uncond", "--run", str(runs["class"]), *out])
     assert "'txt2img' mode" in _error(["class", "--run", str(runs["text"]), *out])

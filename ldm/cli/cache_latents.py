@@ -179,7 +179,8 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
                               device=device, dtype=DTYPES[args.dtype], limit=args.limit, info=info,
                               overwrite=args.overwrite, progress=sys.stdout.isatty())
     print(f"[cache_latents] wrote {manifest['num_entries']} entries ({manifest['num_samples']} samples, "
-          f"flip={args.flip}, latent {manifest['latent']['shape']}) in {len(manifest['shards'])} shard(s) to {args.out}; "
+          f"flip={args.flip}, latent {manifest['latent']['shape']}) in {len(manifest['shards'])} shard(s) "
+          f"to {args.out}; "
           f"first-stage sha256 {manifest['first_stage']['state_dict_sha256']}")
     return manifest
 

@@ -71,7 +71,8 @@ def resolve_source(run: str | None = None, ckpt: str | None = None,
         if path.is_file():
             run_dir = next((p.parent for p in path.resolve().parents if p.name == "checkpoints"), None)
             if run_dir is None:
-                raise SampleError(f"--run: {run} is a file outside a run's checkpoints/ folder; use --ckpt and --config")
+                raise SampleError(f"--run: {run} is a file outside a run's checkpoints/ folder; "
+                                  "use --ckpt and --config")
             ckpt_path = path
         else:
             run_dir = path.resolve()
@@ -82,7 +83,8 @@ def resolve_source(run: str | None = None, ckpt: str | None = None,
         configs = run_configs + [Path(c) for c in configs]
     else:
         if not ckpt:
-            raise SampleError("no model given: pass --run DIR (a run directory of main.py) or --ckpt PATH --config YAML")
+            raise SampleError("no model given: pass --run DIR (a run directory of main.py) "
+                              "or --ckpt PATH --config YAML")
         if not configs:
             raise SampleError("--ckpt needs --config YAML (the model's config), or use --run DIR")
         ckpt_path = Path(ckpt)

@@ -70,7 +70,8 @@ def _common_parser() -> argparse.ArgumentParser:
     sampling = common.add_argument_group("sampling")
     sampling.add_argument("--sampler", default=None, help=f"{' | '.join(SAMPLER_CHOICES[:4])} "
                                                           "(default: the model's sampler_config, else ddim)")
-    sampling.add_argument("--steps", type=_positive_int, default=None, help="sampling steps (default: model config, else 50)")
+    sampling.add_argument("--steps", type=_positive_int, default=None,
+                          help="sampling steps (default: model config, else 50)")
     sampling.add_argument("--eta", type=float, default=None, help="DDIM eta (0 = deterministic DDIM)")
     sampling.add_argument("--scale", type=float, default=None,
                           help="classifier-free guidance scale (default 5.0 text, 3.0 class; 1 = no guidance)")
@@ -178,6 +179,11 @@ def _raw_batch(kind: str, items: Sequence[Any], device):
 
 
 # ---------------------------------------------------------------------------- the run
+def _repeat(tensor, n: int):
+    """A batch-1 tensor (encoded init image, mask) repeated to ``n`` rows (a view), or None."""
+    return None if tensor is None else tensor.expand(n, *tensor.shape[1:])
+
+
 def _pixel_size(args: argparse.Namespace, model) -> tuple[int, int]:
     from ldm.cli.sampling_io import image_size
     from ldm.cli.sampling_model import round_to_multiple, trained_pixel_size
@@ -251,18 +257,18 @@ def run(argv: Sequence[str] | None = None) -> SampleResult:
     outdir = Path(args.outdir or f"outputs/{args.mode}-samples")
     writer = SampleWriter(outdir)
     print(f"sampling {len(items)} image(s) of {height}x{width} (latent {'x'.join(map(str, shape))}) with "
-          f"{sampler!r}, scale {scale}, {'EMA' if use_ema else 'trained'} weights, on {device}; model: {describe(model)}")
+          f"{sampler!r}, scale {scale}, {'EMA' if use_ema else 'trained'} weights, on {device}; "
+          f"model: {describe(model)}")
     started = time.perf_counter()
     with (model.ema_scope() if use_ema else nullcontext()):
         for begin in range(0, len(items), args.batch_size):
             chunk = items[begin:begin + args.batch_size]
             n = len(chunk)
-            expand = (lambda t: None if t is None else t.expand(n, *t.shape[1:]))
             images = draw_batch(model, sampler, raw_condition=_raw_batch(kind, chunk, device), batch_size=n,
                                 scale=scale, rescale=args.rescale, shape=(n, *shape),
                                 x_T=None if noise is None else noise[begin:begin + n].to(device),
-                                x_start=expand(x_start), strength=getattr(args, "strength", 1.0),
-                                keep_mask=expand(keep_latent), generator=generator)
+                                x_start=_repeat(x_start, n), strength=getattr(args, "strength", 1.0),
+                                keep_mask=_repeat(keep_latent, n), generator=generator)
             if keep_px is not None and not args.no_paste:
                 images = keep_px * init + (1.0 - keep_px) * images
             writer.add(images)

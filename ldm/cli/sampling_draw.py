@@ -34,7 +34,8 @@ def sampler_settings(model, name: str | None, steps: int | None, eta: float | No
     config = {"sampler": "ddim", "steps": 50, "eta": 0.0, **dict(getattr(model, "sampler_config", {}) or {})}
     options = {key: value for key, value in config.items() if key not in ("sampler", "steps", "eta")}
     options = {**model.sampler_defaults(), "variance_type": model.variance_type, **options}
-    return SamplerSettings(name=str(name or config["sampler"]), steps=int(steps if steps is not None else config["steps"]),
+    return SamplerSettings(name=str(name or config["sampler"]),
+                           steps=int(steps if steps is not None else config["steps"]),
                            eta=float(eta if eta is not None else config["eta"]), options=options)
 
 

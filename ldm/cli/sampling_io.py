@@ -44,7 +44,8 @@ def parse_classes(spec: str | None, allowed: Sequence[int]) -> list[int]:
     try:
         return [int(part) for part in str(spec).split(",") if part.strip()]
     except ValueError as err:
-        raise SampleError(f"--classes: expected comma-separated class indices such as 0,3,5 or 'all', got {spec!r}") from err
+        raise SampleError(f"--classes: expected comma-separated class indices such as 0,3,5 or 'all', "
+                          f"got {spec!r}") from err
 
 
 def _open_image(path: str, flag: str):

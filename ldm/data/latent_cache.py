@@ -257,7 +257,7 @@ def encode_dataset(first_stage: nn.Module, dataset: Any, out_dir: str | os.PathL
     the mirrored image. ``info`` is merged into the manifest (source config, checkpoint, ...); the
     first stage's state-dict hash and class are always recorded.
     """
-    from torch.utils.data import DataLoader, Subset
+    from torch.utils.data import DataLoader, IterableDataset, Subset
 
     if flip not in FLIP_MODES:
         raise ValueError(f"flip must be one of {FLIP_MODES}, got {flip!r}")
@@ -268,18 +268,27 @@ def encode_dataset(first_stage: nn.Module, dataset: Any, out_dir: str | os.PathL
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     device = torch.device(device)
     first_stage = first_stage.to(device).eval()
-    total = len(dataset)
-    indices = range(total if limit is None else min(int(limit), total))
-    loader = DataLoader(Subset(dataset, indices), batch_size=int(batch_size), shuffle=False,
-                        num_workers=int(num_workers), collate_fn=list)
+    if isinstance(dataset, IterableDataset):  # streams (webdataset shards): number samples as they come
+        total, source = None, dataset
+        if int(num_workers) > 1:
+            raise ValueError("an iterable dataset is encoded with num_workers <= 1 (its order defines the indices)")
+    else:
+        total = len(dataset)
+        source = Subset(dataset, range(total if limit is None else min(int(limit), total)))
+    loader = DataLoader(source, batch_size=int(batch_size), shuffle=False, num_workers=int(num_workers),
+                        collate_fn=list)
     writer = LatentCacheWriter(out_dir, shard_size=shard_size, dtype=dtype, overwrite=overwrite)
     image_size = None
     position = 0
     for samples in loader:
+        if limit is not None:
+            samples = samples[:max(0, int(limit) - position)]
+            if not samples:
+                break
         images = []
         for offset, sample in enumerate(samples):
             if not isinstance(sample, Mapping) or image_key not in sample:
-                raise KeyError(f"dataset sample {indices[position + offset]} has no {image_key!r} entry "
+                raise KeyError(f"dataset sample {position + offset} has no {image_key!r} entry "
                                f"(keys: {sorted(sample) if isinstance(sample, Mapping) else type(sample).__name__})")
             image = torch.as_tensor(sample[image_key])
             if image.ndim != 3:
@@ -293,14 +302,16 @@ def encode_dataset(first_stage: nn.Module, dataset: Any, out_dir: str | os.PathL
         mean, std = mean.float().cpu(), std.float().cpu()
         for offset, sample in enumerate(samples):
             conditioning = {k: v for k, v in sample.items() if k != image_key and not k.startswith("__")}
-            source_index = indices[position + offset]
+            if "__key__" in sample:  # a webdataset sample's key
+                conditioning["source_key"] = sample["__key__"]
+            source_index = position + offset
             writer.add(mean[offset], std[offset], conditioning, source_index, flipped=False)
             if flip == "both":
                 mirrored = offset + len(samples)
                 writer.add(mean[mirrored], std[mirrored], conditioning, source_index, flipped=True)
         position += len(samples)
         if progress:
-            print(f"\rencoded {position}/{len(indices)}", end="", flush=True)
+            print(f"\rencoded {position}/{len(source) if total is not None else '?'}", end="", flush=True)
     if progress:
         print()
     record = dict(info or {})
@@ -311,7 +322,7 @@ def encode_dataset(first_stage: nn.Module, dataset: Any, out_dir: str | os.PathL
     source = dict(record.get("source") or {})
     source.update({"image_key": image_key, "image_size": image_size, "num_source_samples": total})
     record["source"] = source
-    record.update({"flip": flip, "num_samples": len(indices)})
+    record.update({"flip": flip, "num_samples": position})
     return writer.finish(record)
 
 
@@ -383,7 +394,8 @@ class LatentCacheDataset(Dataset):
         self.keys = sorted(available) if keys is None else list(keys)
         unknown = [k for k in self.keys if k not in available]
         if unknown:
-            raise KeyError(f"latent cache {self.root} holds no conditioning key(s) {unknown}; stored: {sorted(available)}")
+            raise KeyError(f"latent cache {self.root} holds no conditioning key(s) {unknown}; "
+                           f"stored: {sorted(available)}")
         self._load_index()
         self._handles: dict[int, Any] = {}
 
