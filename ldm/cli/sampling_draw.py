@@ -31,40 +31,22 @@ class SamplerSettings:
 
 def sampler_settings(model, name: str | None, steps: int | None, eta: float | None) -> SamplerSettings:
     """Flags over the model's ``sampler_config`` over the built-in defaults (DDIM, 50 steps, eta 0)."""
-    config = {"sampler": "ddim", "steps": 50, "eta": 0.0, **dict(getattr(model, "sampler_config", {}) or {})}
-    options = {key: value for key, value in config.items() if key not in ("sampler", "steps", "eta")}
-    options = {**model.sampler_defaults(), "variance_type": model.variance_type, **options}
-    return SamplerSettings(name=str(name or config["sampler"]),
-                           steps=int(steps if steps is not None else config["steps"]),
-                           eta=float(eta if eta is not None else config["eta"]), options=options)
+    return SamplerSettings(*model.sampler_settings(name, steps, eta))
 
 
 def build_sampler(model, settings: SamplerSettings, progress: bool = False):
-    from ldm.samplers import ALIASES, get_sampler
-
-    options = dict(settings.options)
-    key = ALIASES.get(settings.name.lower(), settings.name.lower())
-    if settings.eta != 0.0 or key == "ddim":
-        options["eta"] = settings.eta
     try:
-        return get_sampler(settings.name, model.schedule, model.parameterization, steps=settings.steps,
-                           progress=progress, **options)
+        return model.build_sampler(settings.name, settings.steps, settings.eta, progress=progress)
     except (ValueError, TypeError) as err:
         raise SampleError(f"--sampler {settings.name} --steps {settings.steps} --eta {settings.eta}: {err}") from err
 
 
 def guided_denoiser(model, null_cond: Any, scale: float, rescale: float = 0.0):
     """The model's denoiser, wrapped in classifier-free guidance when ``scale != 1``."""
-    from ldm.samplers import classifier_free_guidance
-
-    denoise = model.denoiser()
-    if scale == 1.0:
-        return denoise
-    if null_cond is None:
-        raise SampleError(f"--scale {scale}: classifier-free guidance needs a null condition, and this model's "
-                          "conditioner provides none; use --scale 1")
-    return classifier_free_guidance(denoise, null_cond, scale, rescale=rescale,
-                                    learned_variance=model.variance_type in ("learned", "learned_range"))
+    try:
+        return model.guided_denoiser(null_cond, scale, rescale)
+    except ValueError as err:
+        raise SampleError(f"--scale {scale}: {err}; use --scale 1") from err
 
 
 @torch.no_grad()

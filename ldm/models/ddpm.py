@@ -385,33 +385,52 @@ class DDPM(L.LightningModule):
     def decode_samples(self, x: torch.Tensor) -> torch.Tensor:
         return x.clamp(-1, 1)
 
+    def sampler_settings(self, sampler: str | None = None, steps: int | None = None,
+                         eta: float | None = None) -> tuple[str, int, float, dict]:
+        """(name, steps, eta, options): explicit arguments over the YAML ``sampler_config`` over the
+        built-in defaults (DDIM, 50 steps, eta 0), plus the options the model implies."""
+        cfg = {"sampler": "ddim", "steps": 50, "eta": 0.0, **self.sampler_config}
+        options = {k: v for k, v in cfg.items() if k not in ("sampler", "steps", "eta")}
+        options = {**self.sampler_defaults(), "variance_type": self.variance_type, **options}
+        return (str(sampler or cfg["sampler"]), int(steps if steps is not None else cfg["steps"]),
+                float(eta if eta is not None else cfg["eta"]), options)
+
+    def build_sampler(self, sampler: str | None = None, steps: int | None = None, eta: float | None = None,
+                      progress: bool = False, **options):
+        """A :mod:`ldm.samplers` sampler for this model's schedule and parameterisation."""
+        from ldm.samplers import ALIASES, get_sampler
+
+        name, steps, eta, defaults = self.sampler_settings(sampler, steps, eta)
+        options = {**defaults, **options}
+        if eta != 0.0 or ALIASES.get(name.lower(), name.lower()) in ("ddim", "plms"):
+            options["eta"] = eta
+        return get_sampler(name, self.schedule, self.parameterization, steps=steps, progress=progress, **options)
+
+    def guided_denoiser(self, null_cond=None, guidance_scale: float = 1.0, guidance_rescale: float = 0.0):
+        """The denoiser, wrapped in :func:`ldm.samplers.classifier_free_guidance` when the scale is not 1
+        (conditional and null condition in one batched forward per step)."""
+        from ldm.samplers import classifier_free_guidance
+
+        denoise = self.denoiser()
+        if guidance_scale == 1.0:
+            return denoise
+        if null_cond is None:
+            raise ValueError("guidance_scale != 1 needs a null condition; this model has none (unconditional, "
+                             "or its conditioner provides no null_condition)")
+        return classifier_free_guidance(denoise, null_cond, guidance_scale, rescale=guidance_rescale,
+                                        learned_variance=self.variance_type in ("learned", "learned_range"))
+
     def run_sampler(self, batch_size: int, cond=None, null_cond=None, *, sampler: str | None = None,
                     steps: int | None = None, eta: float | None = None, guidance_scale: float = 1.0,
                     guidance_rescale: float = 0.0, shape=None, x_T=None, generator=None,
-                    progress: bool = False, **options):
-        """Draw in model space with :func:`ldm.samplers.get_sampler`; ``guidance_scale != 1`` wraps the
-        denoiser in :func:`ldm.samplers.classifier_free_guidance` (one batched forward per step)."""
-        from ldm.samplers import classifier_free_guidance, get_sampler
-
-        cfg = {"sampler": "ddim", "steps": 50, "eta": 0.0, **self.sampler_config}
-        name = sampler or cfg["sampler"]
-        steps = int(steps if steps is not None else cfg["steps"])
-        eta = float(eta if eta is not None else cfg["eta"])
-        sampler_options = {k: v for k, v in cfg.items() if k not in ("sampler", "steps", "eta")}
-        sampler_options = {**self.sampler_defaults(), "variance_type": self.variance_type, **sampler_options, **options}
-        if eta != 0.0 or name in ("ddim", "plms"):
-            sampler_options["eta"] = eta
-        denoise = self.denoiser()
-        if guidance_scale != 1.0:
-            if null_cond is None:
-                raise ValueError("guidance_scale != 1 needs a null condition; this model has none (unconditional, "
-                                 "or its conditioner provides no null_condition)")
-            denoise = classifier_free_guidance(denoise, null_cond, guidance_scale, rescale=guidance_rescale,
-                                               learned_variance=self.variance_type in ("learned", "learned_range"))
-        sampler_obj = get_sampler(name, self.schedule, self.parameterization, steps=steps, **sampler_options)
-        return sampler_obj.sample(denoise, self.sample_shape(batch_size, shape), cond=cond, x_T=x_T,
-                                  generator=generator, progress=progress, device=self.device,
-                                  dtype=torch.float32)
+                    progress: bool = False, sample_kwargs: dict | None = None, **options):
+        """Draw in model space. ``options`` go to the sampler's constructor, ``sample_kwargs`` to its
+        ``sample`` call (e.g. ``x_start``/``strength`` for image-to-image, ``mask``/``known`` for inpainting)."""
+        sampler_obj = self.build_sampler(sampler, steps, eta, progress=progress, **options)
+        denoise = self.guided_denoiser(null_cond, guidance_scale, guidance_rescale)
+        kwargs = {"shape": self.sample_shape(batch_size, shape), **(sample_kwargs or {})}
+        return sampler_obj.sample(denoise, cond=cond, x_T=x_T, generator=generator, device=self.device,
+                                  dtype=torch.float32, **kwargs)
 
     @torch.no_grad()
     def sample(self, batch_size: int = 16, *, sampler: str | None = None, steps: int | None = None,
