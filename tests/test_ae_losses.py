@@ -147,3 +147,15 @@ def test_lpips_loads_vgg_weights_from_a_local_file(tmp_path):
     lpips = LPIPSLoss(backbone="vgg", weights_path=tmp_path / "vgg16.pth")
     assert torch.equal(getattr(lpips.net.slice5, "28").bias, torch.full((512,), 0.125))
     assert torch.equal(lpips.net.slice1[0].weight, features[0].weight)
+
+
+def test_lpips_matches_the_lpips_package_forward():
+    """Same weights in lpips.LPIPS and our LPIPSLoss give the same distance (independent forward)."""
+    import lpips
+
+    reference = lpips.LPIPS(net="vgg", pnet_rand=True, verbose=False).eval()
+    ours = LPIPSLoss(backbone="random")
+    ours.load_state_dict({k: v for k, v in reference.state_dict().items() if not k.startswith("lins.")}, strict=True)
+    x, y = torch.rand(2, 3, 32, 32) * 2 - 1, torch.rand(2, 3, 32, 32) * 2 - 1
+    with torch.no_grad():
+        assert torch.allclose(ours(x, y), reference(x, y), rtol=1e-4, atol=1e-6)

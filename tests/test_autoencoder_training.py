@@ -114,11 +114,13 @@ def test_accumulated_gradient_equals_big_batch_gradient():
     assert torch.allclose(grads[id(accumulated)], grads[id(reference)], rtol=1e-4, atol=1e-6)
 
 
-def test_short_run_reduces_reconstruction_loss_and_validation_metrics():
+def test_short_run_on_shapes_reduces_reconstruction_loss_and_logs_validation_metrics():
+    from ldm.data.shapes import ShapesTrain  # the embedded shapes data (data part of the project)
+
     torch.manual_seed(0)
     model = AutoencoderKL(tiny_ddconfig(), loss_config("LPIPSWithDiscriminator", disc_start=1000, kl_weight=1e-6),
                           embed_dim=4, base_learning_rate=2e-3)
-    data = Blobs(64)
+    data = ShapesTrain(size=16, length=64, seed=0)
     t = trainer(max_steps=80, limit_val_batches=1)
     with torch.no_grad():
         x = torch.stack([data[i]["image"] for i in range(16)])
@@ -126,7 +128,7 @@ def test_short_run_reduces_reconstruction_loss_and_validation_metrics():
     t.fit(model, DataLoader(data, batch_size=8, shuffle=True), DataLoader(data, batch_size=16))
     with torch.no_grad():
         after = (model(x, sample_posterior=False)[0] - x).abs().mean().item()
-    assert after < 0.5 * before, (before, after)
+    assert after < 0.6 * before, (before, after)  # measured: 0.40 -> 0.16
     metrics = t.callback_metrics
     for key in ("val/rec_loss", "val/psnr", "val/ssim", "val/lpips", "train/rec_loss", "train/nll_loss", "train/kl_loss"):
         assert key in metrics, key

@@ -187,8 +187,9 @@ class _AdversarialAutoencoder(L.LightningModule):
             self.on_ae_step_end()
         log.update(self.extra_logs(aux, "train"))
         log["train/gan_step"] = torch.tensor(float(step))
-        self.log("train/rec_loss", log.pop("train/rec_loss"), prog_bar=True, on_step=True, on_epoch=False)
-        self.log_dict(log, prog_bar=False, on_step=True, on_epoch=False)
+        n = x.shape[0]
+        self.log("train/rec_loss", log.pop("train/rec_loss"), prog_bar=True, on_step=True, on_epoch=False, batch_size=n)
+        self.log_dict(log, prog_bar=False, on_step=True, on_epoch=False, batch_size=n)
         return ae_loss.detach()
 
     def on_ae_step_end(self) -> None:
@@ -226,8 +227,9 @@ class _AdversarialAutoencoder(L.LightningModule):
         perceptual = getattr(self.loss, "perceptual_loss", None)
         if perceptual is not None:
             metrics["lpips"].update(perceptual(x, xrec.clamp(-1, 1)).flatten())
-        self.log("val/rec_loss", log.pop("val/rec_loss"), prog_bar=True, on_epoch=True, sync_dist=True)
-        self.log_dict(log, on_epoch=True, sync_dist=True)
+        n = x.shape[0]
+        self.log("val/rec_loss", log.pop("val/rec_loss"), prog_bar=True, on_epoch=True, sync_dist=True, batch_size=n)
+        self.log_dict(log, on_epoch=True, sync_dist=True, batch_size=n)
         return log
 
     def on_validation_epoch_end(self) -> None:

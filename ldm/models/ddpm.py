@@ -56,6 +56,15 @@ class DDPM(L.LightningModule):
     ``hybrid_vlb_weight``), ``min_snr_gamma``, ``offset_noise_strength``, ``zero_terminal_snr``,
     ``ema_decay``, ``ema_warmup`` (decay ``min(decay, (1+n)/(10+n))``), ``learning_rate``,
     ``optimizer_config``, ``sampler_config`` (defaults for :meth:`sample`).
+
+    Speed and stability (see :mod:`ldm.callbacks.precision` and docs/performance.md):
+    ``channels_last`` (NHWC UNet weights and inputs), ``compile`` (``True`` or a dict of
+    ``torch.compile`` options; in-place ``nn.Module.compile()`` on the UNet, so checkpoint keys do not
+    change), ``gradient_checkpointing`` (overrides the UNet's ``use_checkpoint`` when not ``None``),
+    ``skip_nonfinite`` (skip optimiser steps with a NaN/Inf loss or gradients, on all ranks alike) and
+    ``max_nonfinite_steps`` (raise after that many skipped steps in a row). Mixed precision is the
+    trainer's (``--precision bf16-mixed``); GroupNorm and the loss run in fp32 under autocast;
+    gradient clipping is the trainer's (``--gradient_clip_val``).
     """
 
     def __init__(self, unet_config: Mapping, timesteps: int = 1000, beta_schedule: str = "linear",
@@ -72,7 +81,10 @@ class DDPM(L.LightningModule):
                  min_snr_gamma: float | None = None, offset_noise_strength: float = 0.0,
                  zero_terminal_snr: bool = False, ema_decay: float = 0.9999, ema_warmup: bool = True,
                  learning_rate: float | None = None, optimizer_config: Any = None,
-                 sampler_config: Mapping | None = None, trust_checkpoint: bool = False):
+                 sampler_config: Mapping | None = None, trust_checkpoint: bool = False,
+                 channels_last: bool = False, compile: bool | Mapping = False,
+                 gradient_checkpointing: bool | None = None, skip_nonfinite: bool = True,
+                 max_nonfinite_steps: int = 10):
         super().__init__()
         self.parameterization = check_parameterization(parameterization)
         self.variance_type = check_variance_type(variance_type)
@@ -126,6 +138,17 @@ class DDPM(L.LightningModule):
         if ckpt_path is not None:
             self.init_from_ckpt(ckpt_path, ignore_keys=ignore_keys, only_model=load_only_unet,
                                 trust_checkpoint=trust_checkpoint)
+        self._configure_speed(channels_last, compile, gradient_checkpointing, skip_nonfinite, max_nonfinite_steps)
+
+    def _configure_speed(self, channels_last, compile, gradient_checkpointing, skip_nonfinite,
+                         max_nonfinite_steps) -> None:
+        """The UNet's speed switches and the non-finite loss guard (:mod:`ldm.callbacks.precision`)."""
+        from ldm.callbacks.precision import NonFiniteGuard, apply_unet_switches
+
+        self.channels_last = channels_last
+        apply_unet_switches(self.model.diffusion_model, channels_last=channels_last, compile=compile,
+                            gradient_checkpointing=gradient_checkpointing)
+        self.nonfinite_guard = NonFiniteGuard(max_nonfinite_steps) if skip_nonfinite else None
 
     # ------------------------------------------------------------------ schedule
     def register_schedule(self, given_betas=None, beta_schedule: str = "linear", timesteps: int = 1000,
@@ -184,10 +207,20 @@ class DDPM(L.LightningModule):
                 print(f"{context}: restored training weights")
 
     def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
-        # one EMA step per optimiser step (gradient accumulation steps once per global step)
+        # one EMA step per optimiser step (gradient accumulation steps once per global step);
+        # none after a step the non-finite guard skipped (the weights did not change)
         if self.use_ema and self.global_step != self._last_ema_step:
             self._last_ema_step = self.global_step
+            guard = self.nonfinite_guard
+            if guard is not None and guard.last_step_skipped:
+                guard.last_step_skipped = False
+                return
             self.model_ema(self.model)
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        """Skip the step (gradients dropped on every rank) when the loss or gradients are NaN/Inf."""
+        if self.nonfinite_guard is not None and self.automatic_optimization:
+            self.nonfinite_guard.before_optimizer_step(self, optimizer)
 
     # ------------------------------------------------------------------ checkpoints
     def init_from_ckpt(self, path, ignore_keys: Sequence[str] = (), only_model: bool = False,
@@ -271,6 +304,8 @@ class DDPM(L.LightningModule):
     # ------------------------------------------------------------------ model and loss
     def apply_model(self, x_noisy: torch.Tensor, t: torch.Tensor, cond=None, return_ids: bool = False) -> torch.Tensor:
         """The network output for ``x_noisy`` at 0-based ``t`` (conditioning: tensor, list or dict)."""
+        if getattr(self, "channels_last", False) and x_noisy.ndim == 4:
+            x_noisy = x_noisy.contiguous(memory_format=torch.channels_last)
         return self.model(x_noisy, t, as_condition_dict(cond, self.conditioning_key))
 
     def diffusion_loss(self, x_start: torch.Tensor, cond, t: torch.Tensor, noise: torch.Tensor | None = None):
@@ -325,6 +360,8 @@ class DDPM(L.LightningModule):
     # ------------------------------------------------------------------ Lightning hooks
     def training_step(self, batch, batch_idx):
         loss, log = self.shared_step(batch)
+        if self.nonfinite_guard is not None:  # a NaN/Inf loss becomes 0 here; its step is skipped later
+            loss = self.nonfinite_guard.observe(loss)
         bs = getattr(self, "_batch_size", None)
         self.log_dict(log, prog_bar=True, logger=True, on_step=True, on_epoch=True, batch_size=bs)
         self.log("global_step", float(self.global_step), prog_bar=True, logger=True, on_step=True,

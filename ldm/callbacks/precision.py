@@ -1,0 +1,154 @@
+"""Training-speed switches of the diffusion UNet and the guard against non-finite losses.
+
+:func:`apply_unet_switches` is what ``DDPM(channels_last=..., compile=..., gradient_checkpointing=...)``
+does to its UNet:
+
+* ``channels_last`` — the UNet's 4-D weights in NHWC layout (inputs are converted in
+  ``DDPM.apply_model``), which lets oneDNN / cuDNN pick NHWC convolution kernels.
+* ``compile`` — ``nn.Module.compile()`` *in place* on the UNet: the module tree and the state-dict
+  keys stay exactly as they are (``torch.compile(module)`` would wrap it in an ``OptimizedModule`` and
+  prefix every key with ``_orig_mod.``). ``True`` uses the defaults, a mapping is passed on
+  (``mode``, ``backend``, ``dynamic``, ``fullgraph``, ``options``).
+* ``gradient_checkpointing`` — when not ``None``, overrides the ``use_checkpoint`` of every block
+  (recompute with ``torch.utils.checkpoint(use_reentrant=False)``, which replays the forward under the
+  same autocast state, so it works with bf16-mixed).
+
+:class:`NonFiniteGuard` skips an optimiser step whose loss (or, without a gradient scaler, whose
+gradients) is NaN/Inf, counts it, and raises after ``max_consecutive`` bad steps in a row.
+
+Why it is DDP-safe: a rank whose loss is non-finite still returns a (zeroed, ``nan_to_num``) loss and
+runs backward, so every rank takes part in DDP's gradient all-reduce (returning ``None`` on one rank
+would leave the others waiting in that all-reduce). The skip decision is then made in
+``on_before_optimizer_step`` from a flag that is OR-reduced over all ranks
+(``strategy.reduce_boolean_decision(..., all=False)``), so all ranks skip the same steps and the
+replicas stay identical. A skip sets every gradient to ``None``: the optimiser then leaves those
+parameters, their moments and their step counts untouched (zero gradients would still move AdamW's
+weights through momentum and weight decay). Under ``16-mixed`` the gradient scaler still sees the
+step's inf/NaN gradients and lowers its scale; overflowing gradients alone are left to the scaler
+(they are normal while it calibrates) and are not counted.
+"""
+from __future__ import annotations
+
+import warnings
+from collections.abc import Mapping
+
+import torch
+from torch import nn
+
+__all__ = ["apply_unet_switches", "set_gradient_checkpointing", "compile_options", "NonFiniteGuard",
+           "NonFiniteLossError"]
+
+
+class NonFiniteLossError(FloatingPointError):
+    """Raised after too many consecutive optimiser steps with a NaN/Inf loss or gradients."""
+
+
+def set_gradient_checkpointing(module: nn.Module, enabled: bool) -> int:
+    """Set ``use_checkpoint`` on every submodule that has it; returns how many were set."""
+    count = 0
+    for sub in module.modules():
+        if hasattr(sub, "use_checkpoint"):
+            sub.use_checkpoint = bool(enabled)
+            count += 1
+    return count
+
+
+def compile_options(compile) -> dict | None:
+    """``False``/``None`` -> None (eager), ``True`` -> ``{}``, a mapping -> a dict of ``torch.compile`` kwargs."""
+    if compile is None or compile is False:
+        return None
+    if compile is True:
+        return {}
+    if isinstance(compile, Mapping):
+        return {str(k): (dict(v) if isinstance(v, Mapping) else v) for k, v in compile.items()}
+    raise TypeError(f"compile must be a bool or a mapping of torch.compile options "
+                    f"(mode, backend, dynamic, fullgraph, options), got {compile!r}")
+
+
+def apply_unet_switches(unet: nn.Module, *, channels_last: bool = False, compile=False,
+                        gradient_checkpointing: bool | None = None) -> nn.Module:
+    """Apply the speed switches to ``unet`` in place (see the module docstring) and return it."""
+    if not isinstance(channels_last, bool):
+        raise TypeError(f"channels_last must be True or False, got {channels_last!r}")
+    if gradient_checkpointing is not None:
+        if not isinstance(gradient_checkpointing, bool):
+            raise TypeError(f"gradient_checkpointing must be True, False or None, got {gradient_checkpointing!r}")
+        if set_gradient_checkpointing(unet, gradient_checkpointing) == 0:
+            raise ValueError(f"gradient_checkpointing={gradient_checkpointing}: {type(unet).__name__} has no "
+                             "blocks with a use_checkpoint switch")
+    if channels_last:
+        unet.to(memory_format=torch.channels_last)  # only 4-D weights change layout
+    options = compile_options(compile)
+    if options is not None:
+        unet.compile(**options)  # in place: keeps the module tree and the state-dict keys
+    return unet
+
+
+def _gradients_finite(optimizer) -> bool:
+    grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+    if not grads:
+        return True
+    total = torch.nn.utils.get_total_norm(grads, norm_type=2.0)
+    return bool(torch.isfinite(total))
+
+
+def _uses_grad_scaler(trainer) -> bool:
+    return trainer is not None and getattr(trainer.precision_plugin, "scaler", None) is not None
+
+
+class NonFiniteGuard:
+    """Per-model state of the non-finite loss guard (used by :class:`ldm.models.ddpm.DDPM`).
+
+    ``observe(loss)`` in ``training_step`` (returns the loss with NaN/Inf replaced by 0, still part of
+    the graph); ``before_optimizer_step(module, optimizer)`` in ``on_before_optimizer_step`` (returns
+    True and drops the gradients when the step must be skipped). Counters: ``total`` skipped steps,
+    ``consecutive`` skipped steps in a row; ``last_step_skipped`` tells the EMA update to wait.
+    """
+
+    def __init__(self, max_consecutive: int = 10):
+        if not isinstance(max_consecutive, int) or max_consecutive < 1:
+            raise ValueError(f"max_nonfinite_steps must be a positive int, got {max_consecutive!r}")
+        self.max_consecutive = max_consecutive
+        self.total = 0
+        self.consecutive = 0
+        self.last_step_skipped = False
+        self._pending: torch.Tensor | None = None  # "some micro-batch since the last step was bad"
+
+    def observe(self, loss: torch.Tensor) -> torch.Tensor:
+        bad = ~torch.isfinite(loss.detach()).all()  # stays on the device: no synchronisation here
+        self._pending = bad if self._pending is None else (self._pending | bad)
+        return torch.nan_to_num(loss, nan=0.0, posinf=0.0, neginf=0.0)
+
+    def before_optimizer_step(self, module, optimizer) -> bool:
+        pending, self._pending = self._pending, None
+        local_bad = bool(pending) if pending is not None else False
+        trainer = module._trainer
+        if not local_bad and not _uses_grad_scaler(trainer):
+            local_bad = not _gradients_finite(optimizer)
+        bad = local_bad
+        if trainer is not None:  # every rank calls this once per optimiser step: the reduction never hangs
+            bad = bool(trainer.strategy.reduce_boolean_decision(local_bad, all=False))
+        self.last_step_skipped = bad
+        if not bad:
+            self.consecutive = 0
+            return False
+        for group in optimizer.param_groups:
+            for p in group["params"]:
+                p.grad = None
+        self.total += 1
+        self.consecutive += 1
+        step = getattr(trainer, "global_step", "?") if trainer is not None else "?"
+        if trainer is not None:
+            module.log("train/nonfinite_steps", float(self.total), on_step=True, on_epoch=False, logger=True,
+                       prog_bar=False, rank_zero_only=True)
+        if trainer is None or trainer.is_global_zero:
+            warnings.warn(f"step {step}: non-finite loss or gradients (NaN/Inf); optimizer step skipped "
+                          f"({self.consecutive} in a row, {self.total} in total)", RuntimeWarning, stacklevel=2)
+        if self.consecutive >= self.max_consecutive:
+            raise NonFiniteLossError(
+                f"the training loss or its gradients were NaN/Inf in {self.consecutive} consecutive optimizer "
+                f"steps (last at step {step}; {self.total} skipped in total). Training diverged: lower the "
+                "learning rate, clip gradients (--gradient_clip_val 1.0), prefer bf16-mixed over 16-mixed, or "
+                "check the data for NaN/Inf. Raise model.params.max_nonfinite_steps to tolerate longer runs "
+                "of bad steps.")
+        return True
