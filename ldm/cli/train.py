@@ -86,7 +86,7 @@ def configure_learning_rate(model: Any, config: Mapping, trainer: Any, scale_lr:
         batch_size = (config["data"].get("params") or {}).get("batch_size")
         if batch_size is None:
             raise ConfigError("--scale_lr needs data.params.batch_size")
-        accumulate = int(trainer.accumulate_grad_batches)
+        accumulate = int(getattr(model, "accumulate_grad_batches", None) or trainer.accumulate_grad_batches)
         devices = int(trainer.num_devices) * int(trainer.num_nodes)
         effective = accumulate * devices * int(batch_size) * base
         print(f"base_learning_rate={base:.2e}, effective={effective:.2e} (scale_lr on: "
@@ -103,6 +103,20 @@ def configure_learning_rate(model: Any, config: Mapping, trainer: Any, scale_lr:
 # Under DDP Lightning re-launches this script once per extra local rank; they inherit the
 # environment, so they read the parent's timestamp and agree on the run directory.
 _RUN_TIMESTAMP_ENV = "LDM_RUN_TIMESTAMP"
+
+
+def move_accumulation_into_manual_model(model: Any, trainer_kwargs: dict) -> None:
+    """Lightning 2 refuses ``accumulate_grad_batches`` with manual optimisation (the GAN autoencoders):
+    hand the setting to the model, which accumulates itself, instead of failing."""
+    accumulate = int(trainer_kwargs.get("accumulate_grad_batches", 1) or 1)
+    if accumulate == 1 or getattr(model, "automatic_optimization", True):
+        return
+    if not hasattr(model, "accumulate_grad_batches"):
+        raise ConfigError(f"accumulate_grad_batches={accumulate}: {type(model).__name__} optimises manually and "
+                          "does not accumulate gradients itself")
+    trainer_kwargs.pop("accumulate_grad_batches")
+    model.accumulate_grad_batches = accumulate
+    print(f"note: accumulate_grad_batches={accumulate} is done by the model (manual optimisation)")
 
 
 def run(argv: Sequence[str] | None = None) -> RunResult:
@@ -153,6 +167,7 @@ def _run(argv: Sequence[str] | None, now: str) -> RunResult:
         from ldm.checkpoint import load_weights
 
         load_weights(model, opt.init_from, trust_checkpoint=opt.unsafe_load)
+    move_accumulation_into_manual_model(model, trainer_kwargs)
     datamodule = instantiate_from_config(data_config, node="data")
 
     has_validation = (split_declared(data_config, datamodule, "validation") and has_step(model, "validation_step")
