@@ -39,6 +39,8 @@ LEGACY_TARGETS: dict[str, str] = {
     "main.ImageLogger": "ldm.callbacks.image_logger.ImageLogger",
     "main.SetupCallback": "ldm.callbacks.setup.SetupCallback",
     "main.CUDACallback": "ldm.callbacks.cuda.CUDACallback",
+    "main.LearningRateMonitor": "lightning.pytorch.callbacks.LearningRateMonitor",
+    "pytorch_lightning.loggers.TestTubeLogger": "lightning.pytorch.loggers.CSVLogger",
     # datasets
     "ldm.data.faceshq.CelebAHQTrain": "ldm.data.faces.CelebAHQTrain",
     "ldm.data.faceshq.CelebAHQValidation": "ldm.data.faces.CelebAHQValidation",
@@ -55,11 +57,19 @@ class ConfigError(ValueError):
     """A config node could not be turned into an object. The message names the node."""
 
 
+def modern_target(target: str) -> str:
+    """The dotted path a (possibly original / Lightning 1.x) target string stands for today."""
+    path = LEGACY_TARGETS.get(target, target)
+    if path.startswith("pytorch_lightning."):  # Lightning 1.x configs name the old package
+        path = "lightning.pytorch." + path[len("pytorch_lightning."):]
+    return path
+
+
 def resolve_target(target: str) -> Any:
     """Import the object named by ``target`` (a dotted path), honouring legacy aliases."""
     if not isinstance(target, str) or "." not in target:
         raise ConfigError(f"target must be a dotted path such as 'pkg.module.Class', got {target!r}")
-    path = LEGACY_TARGETS.get(target, target)
+    path = modern_target(target)
     module_name, _, attr = path.rpartition(".")
     try:
         module = importlib.import_module(module_name)

@@ -12,16 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from ldm.cli.config import CLIError
 from ldm.cli.logdir import RunPaths
-from ldm.util import instantiate_from_config
-
-# Target strings of the original main.py / pytorch_lightning 1.x configs.
-_TARGET_RENAMES = {
-    "main.LearningRateMonitor": "lightning.pytorch.callbacks.LearningRateMonitor",
-    "main.SetupCallback": "ldm.callbacks.setup.SetupCallback",
-    "main.ImageLogger": "ldm.callbacks.image_logger.ImageLogger",
-    "main.CUDACallback": "ldm.callbacks.cuda.CUDACallback",
-    "pytorch_lightning.loggers.TestTubeLogger": "lightning.pytorch.loggers.CSVLogger",
-}
+from ldm.util import instantiate_from_config, modern_target
 
 LOGGER_TARGETS = {
     "csv": "lightning.pytorch.loggers.CSVLogger",
@@ -32,11 +23,7 @@ LOGGER_TARGETS = {
 
 def modernize_target(target: str) -> str:
     """Map original / pytorch_lightning 1.x targets onto Lightning 2 and this package."""
-    if target in _TARGET_RENAMES:
-        return _TARGET_RENAMES[target]
-    if target.startswith("pytorch_lightning."):
-        return "lightning.pytorch." + target[len("pytorch_lightning."):]
-    return target
+    return modern_target(target)
 
 
 def _node(config: Any) -> dict:

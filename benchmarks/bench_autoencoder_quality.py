@@ -1,6 +1,6 @@
 """Train a (demo) first-stage autoencoder from a config and report PSNR / SSIM / LPIPS and speed.
 
-    python -m ldm.modules.autoencoder.benchmark --config configs/demo/autoencoder_kl_f4.yaml [--minutes 10]
+    python -m benchmarks.bench_autoencoder_quality --config configs/demo/autoencoder_kl_f4.yaml [--minutes 10]
 
 Builds the model and the ``data.params.train`` / ``validation`` datasets from the config, trains with
 a Lightning ``Trainer`` (the ``lightning.trainer`` section; ``--max-steps`` / ``--minutes`` override),
