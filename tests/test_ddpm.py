@@ -14,15 +14,6 @@ from ldm.util import instantiate_from_config
 T = 50
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models run fastest single-threaded (and do not fight other processes for the cores)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def unet_config(out_channels=3, size=16):
     return {"target": "ldm.modules.unet.UNetModel",
             "params": dict(image_size=size, in_channels=3, out_channels=out_channels, model_channels=32,

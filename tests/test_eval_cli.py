@@ -11,14 +11,6 @@ from PIL import Image
 from ldm.cli.evaluate import main, run, sample_image_to_chw
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def write_folder(root, n, seed, brightness=0, nested=False, ext="png"):
     rng = np.random.default_rng(seed)
     root.mkdir(parents=True, exist_ok=True)

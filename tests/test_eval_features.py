@@ -14,15 +14,6 @@ from ldm.eval.features import (
 from ldm.eval.generative import frechet_distance, kernel_distance
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # small matmuls on a busy 2-core machine are far faster without thread oversubscription
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture
 def empty_hub(tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))

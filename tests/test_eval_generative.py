@@ -16,15 +16,6 @@ from ldm.eval.generative import (
 DIM = 8
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # small matmuls on a busy 2-core machine are far faster without thread oversubscription
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def gaussian(n, shift=0.0, seed=0, dim=DIM):
     g = torch.Generator().manual_seed(seed)
     return torch.randn(n, dim, generator=g) + shift

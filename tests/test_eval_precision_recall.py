@@ -5,15 +5,6 @@ import torch
 from ldm.eval.precision_recall import knn_radii, manifold_coverage, precision_recall
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # small matmuls on a busy 2-core machine are far faster without thread oversubscription
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def cluster(n, centre, seed, dim=2):
     g = torch.Generator().manual_seed(seed)
     return torch.randn(n, dim, generator=g) + torch.as_tensor(centre, dtype=torch.float32)

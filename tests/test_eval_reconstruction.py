@@ -15,14 +15,6 @@ from ldm.eval.reconstruction import (
 )
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def checkerboard_like(shape, seed):
     """A ±1 pattern (random signs): adding delta·pattern gives an error of exactly delta² per pixel."""
     g = torch.Generator().manual_seed(seed)

@@ -12,15 +12,6 @@ from ldm.util import ConfigError, instantiate_from_config
 T = 50
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models run fastest single-threaded (and do not fight other processes for the cores)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def kl_first_stage(ch_mult=(1, 2)):
     return {"target": "ldm.models.autoencoder.AutoencoderKL",
             "params": dict(embed_dim=3, lossconfig={"target": "torch.nn.Identity"},

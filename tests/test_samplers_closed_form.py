@@ -31,15 +31,6 @@ def optimal(parameterization="eps"):
     return denoise
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Elementwise work on 1-D tensors: one thread is fastest and immune to a busy machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def ode_limit(sampler, x_T):
     """Mean and std the exact probability-flow ODE gives from ``x_T`` at the sampler's first level
     to its final level: for Gaussian data the flow is the affine map between the marginals."""
