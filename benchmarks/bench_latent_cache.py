@@ -81,21 +81,14 @@ def build_model(node: dict, device: torch.device):
     return instantiate_from_config(node, node="model").to(device).train()
 
 
-def make_step(model, batch, cached: bool):
+def make_step(model, batch):
+    """One training step; ``LatentDiffusion.shared_step`` encodes an image batch or reads a cached one."""
     params = [p for group in model.parameter_groups() for p in group["params"]]
     optimizer = torch.optim.AdamW(params, lr=1e-5)
 
-    def loss_of_batch():
-        if not cached or hasattr(model, "latent_from_batch"):  # LatentDiffusion reads cached batches itself
-            return model.shared_step(batch)[0]
-        from ldm.data.latent_cache import sample_cached_latent
-
-        z = model.scale_factor * sample_cached_latent(batch, device=model.device)
-        return model(z, model.condition_from_batch(batch))[0]
-
     def step():
         optimizer.zero_grad(set_to_none=True)
-        loss_of_batch().backward()
+        model.shared_step(batch)[0].backward()
         optimizer.step()
 
     return step
@@ -153,8 +146,8 @@ def bench_one(label: str, node: dict, image_size: int, batch_size: int, steps: i
         cache_bytes = sum(f.stat().st_size for f in Path(cache_dir).glob("*.safetensors"))
     x = image_batch[model.first_stage_key].float()
     runs = {"encoder": torch.no_grad()(lambda: model.first_stage_model.latent_moments(x)),
-            "on-the-fly": make_step(model, image_batch, cached=False),
-            "cached": make_step(model, cached_batch, cached=True)}
+            "on-the-fly": make_step(model, image_batch),
+            "cached": make_step(model, cached_batch)}
     times = interleaved_medians(runs, device, steps)
     n_unet = sum(p.numel() for p in model.model.parameters()) / 1e6
     n_first = sum(p.numel() for p in model.first_stage_model.parameters()) / 1e6

@@ -73,12 +73,12 @@ def test_sigkill_then_resume_continues_from_last_checkpoint(tmp_path):
              "--max_steps", "100000",
              "lightning.modelcheckpoint.params.every_n_train_steps=2",
              "lightning.modelcheckpoint.params.save_top_k=-1",
-             "lightning.modelcheckpoint.params.filename={step:06}"]
+             "lightning.modelcheckpoint.params.filename=ckpt-{step:06}"]
     proc = subprocess.Popen(train, cwd=ROOT, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         deadline = time.time() + 150
         while time.time() < deadline and proc.poll() is None:
-            if len(list(logs.glob("*/checkpoints/step=*.ckpt"))) >= 3:  # several checkpoints exist
+            if len(list(logs.glob("*/checkpoints/ckpt-step=*.ckpt"))) >= 3:  # several checkpoints exist
                 break
             time.sleep(0.2)
         assert proc.poll() is None, f"training ended early: {proc.stderr.read().decode()[-3000:]}"
@@ -96,9 +96,9 @@ def test_sigkill_then_resume_continues_from_last_checkpoint(tmp_path):
     _assert_all_checkpoints_load(run_dir)
     last = safe_torch_load(run_dir / "checkpoints" / "last.ckpt")
     killed_step = int(last["global_step"])
-    assert killed_step >= 4
+    assert killed_step >= 4 and killed_step % 2 == 0  # last.ckpt is written with the every-2-steps checkpoints
 
-    resume = [sys.executable, "main.py", "-r", str(run_dir), "-t", "--max_steps", str(killed_step + 3),
+    resume = [sys.executable, "main.py", "-r", str(run_dir), "-t", "--max_steps", str(killed_step + 4),
               "lightning.callbacks.start_dump.target=test_e2e_resume.DumpStartState",
               f"lightning.callbacks.start_dump.params.path={dump}"]
     done = subprocess.run(resume, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=150)
@@ -116,5 +116,5 @@ def test_sigkill_then_resume_continues_from_last_checkpoint(tmp_path):
     files = _assert_all_checkpoints_load(run_dir)
     assert [p for p in logs.iterdir() if p.is_dir()] == [run_dir]              # same run directory
     final = safe_torch_load(run_dir / "checkpoints" / "last.ckpt")
-    assert final["global_step"] == killed_step + 3                             # it went on training
-    assert any(p.name == f"step={killed_step + 2:06}.ckpt" for p in files)
+    assert final["global_step"] == killed_step + 4                             # it went on training
+    assert {f"ckpt-step={killed_step + 2:06}.ckpt", f"ckpt-step={killed_step + 4:06}.ckpt"} <= {p.name for p in files}

@@ -21,14 +21,6 @@ TINY_KL = {"target": "ldm.models.autoencoder.AutoencoderKL",
            "params": {"embed_dim": 2, "lossconfig": {"target": "torch.nn.Identity"}, "ddconfig": TINY_DDCONFIG}}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def tiny_kl(seed: int = 0) -> AutoencoderKL:
     torch.manual_seed(seed)
     return AutoencoderKL(ddconfig=TINY_DDCONFIG, lossconfig=None, embed_dim=2).eval()
@@ -161,7 +153,7 @@ def test_bad_inputs_raise_clear_errors(tmp_path, kl_cache):
 def test_latent_diffusion_trains_from_the_cache_without_the_encoder(kl_cache):
     from ldm.models.latent_diffusion import LatentDiffusion
 
-    first, _, out, _ = kl_cache
+    first, shapes, out, _ = kl_cache
     unet = {"target": "ldm.modules.unet.UNetModel",
             "params": dict(image_size=SIZE // 2, in_channels=2, out_channels=2, model_channels=32,
                            attention_resolutions=[], num_res_blocks=1, channel_mult=[1], num_heads=1)}
@@ -170,25 +162,29 @@ def test_latent_diffusion_trains_from_the_cache_without_the_encoder(kl_cache):
     model.first_stage_model.load_state_dict(first.state_dict())
     cache = LatentCacheDataset(out, flip="off", expected_first_stage_hash=state_dict_sha256(model.first_stage_model))
     batch = next(iter(DataLoader(cache, batch_size=4, collate_fn=collate)))
-    images = torch.stack([ShapesDataset(size=SIZE, length=11, seed=3)[i]["image"] for i in batch["source_index"]])
+    image_batch = collate([shapes[i] for i in batch["source_index"].tolist()])
 
-    # the same draw of eps gives the same scaled latent from the cache as from encoding the images
+    # the same draw of eps gives the same scaled latent, and the same loss, from the cache as from the images
     torch.manual_seed(5)
-    fresh = model.encode_to_latent(images)
+    fresh = model.encode_to_latent(image_batch["image"])
     torch.manual_seed(5)
     cached = model.scale_factor * sample_cached_latent(batch)
     torch.testing.assert_close(cached, fresh)
+    t, noise = torch.randint(0, 50, (4,)), torch.randn_like(cached)
+    torch.manual_seed(6)
+    loss_images = model.shared_step(image_batch, t=t, noise=noise)[0]
+    torch.manual_seed(6)
+    loss_cache = model.shared_step(batch, t=t, noise=noise)[0]
+    torch.testing.assert_close(loss_cache, loss_images)
 
     calls = []
     model.first_stage_model.encoder.register_forward_hook(lambda *a: calls.append(1))
     optimizer = torch.optim.Adam(model.model.parameters(), lr=2e-3)
-    t = torch.randint(0, 50, (4,))
-    noise = torch.randn_like(cached)
     fixed_z = model.scale_factor * batch["latent_mean"]
     with torch.no_grad():
         before = model(fixed_z, None, t=t, noise=noise)[0].item()
     for _ in range(15):
-        loss, _ = model(model.scale_factor * sample_cached_latent(batch), None, t=t, noise=noise)
+        loss, _ = model.shared_step(batch, t=t, noise=noise)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()

@@ -238,6 +238,9 @@ class LatentDiffusion(DDPM):
         return value
 
     def on_train_start(self) -> None:
+        dataset = getattr(self.trainer.train_dataloader, "dataset", None)
+        if callable(getattr(dataset, "verify_first_stage", None)):  # a latent cache must come from this first stage
+            dataset.verify_first_stage(self.first_stage_model)
         # a loaded checkpoint that holds a scale_factor (resume, ckpt_path, --init-from) is never re-estimated
         if not self.scale_by_std or self._scale_factor_fitted:
             return

@@ -1,0 +1,116 @@
+"""Each sampler's cost per image at a fixed quality, on a trained class-conditional demo model.
+
+Every sampler draws the same class labels (``--per-class`` of each of the 12 shapes classes) from
+the same initial noise, with classifier-free guidance (``--guidance-scale``, the conditional and null
+batch in one forward); the shapes oracle (:mod:`ldm.eval.shapes_oracle`, training-free) scores
+whether each image shows the requested shape and colour. Seconds per image include decoding.
+
+    python -m benchmarks.bench_sampler_quality --run logs/<run of configs/demo/ldm_class_kl_f4.yaml>
+    python -m benchmarks.bench_sampler_quality --run logs/<run> --ddpm-steps 250 --per-class 16
+
+Default rows: DPM-Solver++(2M) at 10 and 20 steps, DDIM (eta 0) at 50, ancestral DDPM at
+``--ddpm-steps`` (1000 = every training step). ``±`` is one binomial standard error.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import time
+
+import torch
+
+from benchmarks.common import synchronize
+
+
+def default_runs(ddpm_steps: int) -> list[tuple[str, int]]:
+    return [("dpm_solver++", 10), ("dpm_solver++", 20), ("ddim", 50), ("ddpm", ddpm_steps)]
+
+
+def parse_runs(text: str) -> list[tuple[str, int]]:
+    runs = []
+    for item in text.split(","):
+        name, _, steps = item.strip().rpartition(":")
+        if not name or not steps.isdigit():
+            raise SystemExit(f"--samplers: expected NAME:STEPS items such as ddim:50, got {item!r}")
+        runs.append((name, int(steps)))
+    return runs
+
+
+def check_class_conditional(model) -> int:
+    """Number of classes of a class-conditional model with a null class, or a clear error."""
+    embedder = getattr(model, "cond_stage_model", None)
+    n_classes = getattr(embedder, "n_classes", None)
+    if n_classes is None or getattr(model, "null_conditioning", lambda n: None)(1) is None:
+        raise SystemExit("--run must hold a class-conditional model with a null class (e.g. "
+                         "configs/demo/ldm_class_kl_f4.yaml, ClassEmbedder with add_null_class)")
+    return int(n_classes)
+
+
+def sample_all(model, labels: torch.Tensor, sampler: str, steps: int, guidance: float, batch: int,
+               seed: int) -> tuple[torch.Tensor, float]:
+    """Images for ``labels`` (chunks of ``batch``; chunk ``i`` starts from seed ``seed + i``) and seconds."""
+    images = []
+    seconds = 0.0
+    for i, chunk in enumerate(labels.split(batch)):
+        generator = torch.Generator(model.device).manual_seed(seed + i)
+        synchronize(model.device)
+        start = time.perf_counter()
+        out = model.sample(chunk.to(model.device), sampler=sampler, steps=steps, guidance_scale=guidance,
+                           generator=generator)
+        synchronize(model.device)
+        seconds += time.perf_counter() - start
+        images.append(out.float().cpu())
+    return torch.cat(images), seconds
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--run", required=True, help="run directory of main.py (configs/ and checkpoints/last.ckpt)")
+    parser.add_argument("--ckpt", default=None, help="checkpoint inside the run (default checkpoints/last.ckpt)")
+    parser.add_argument("--per-class", type=int, default=8, help="images per class (12 classes)")
+    parser.add_argument("--guidance-scale", type=float, default=3.0)
+    parser.add_argument("--ddpm-steps", type=int, default=1000, help="steps of the ancestral DDPM row")
+    parser.add_argument("--samplers", default=None, help="NAME:STEPS,... instead of the default rows")
+    parser.add_argument("--batch", type=int, default=48)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="cpu")
+    args = parser.parse_args(argv)
+
+    from ldm.cli.load_model import load_model
+    from ldm.eval.shapes_oracle import oracle_accuracy
+
+    loaded = load_model(run=args.run, ckpt=args.ckpt, device=args.device)
+    model = loaded.model
+    n_classes = check_class_conditional(model)
+    labels = torch.arange(n_classes).repeat(args.per_class)
+    runs = parse_runs(args.samplers) if args.samplers else default_runs(args.ddpm_steps)
+    where = torch.cuda.get_device_name(model.device) if model.device.type == "cuda" else f"{torch.get_num_threads()} threads"
+    print(f"# {loaded.checkpoint} (global step {_global_step(loaded.checkpoint)}), {labels.numel()} images "
+          f"({args.per_class} per class), CFG scale {args.guidance_scale}, EMA weights, device {model.device} ({where})")
+    print("| sampler | steps | UNet forwards/img | s/img | oracle accuracy | vs DDIM 50 |")
+    print("|---|---|---|---|---|---|")
+    reference = None
+    rows = []
+    for name, steps in runs:
+        images, seconds = sample_all(model, labels, name, steps, args.guidance_scale, args.batch, args.seed)
+        accuracy = oracle_accuracy(images, labels)
+        error = math.sqrt(max(accuracy * (1 - accuracy), 1e-12) / labels.numel())
+        forwards = steps * (2 if args.guidance_scale != 1.0 else 1)
+        rows.append((name, steps, forwards, seconds / labels.numel(), accuracy, error))
+        if name == "ddim" and steps == 50:
+            reference = accuracy
+    for name, steps, forwards, per_image, accuracy, error in rows:
+        delta = "-" if reference is None else f"{(accuracy - reference) * 100:+.1f} pt"
+        print(f"| {name} | {steps} | {forwards} | {per_image:.3f} | {accuracy * 100:.1f}% ± {error * 100:.1f} | {delta} |")
+
+
+def _global_step(checkpoint) -> str:
+    try:
+        meta = torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True)
+        return str(meta.get("global_step", "?"))
+    except Exception:  # a safetensors file or an unreadable pickle: the step is only informative
+        return "?"
+
+
+if __name__ == "__main__":
+    main()
