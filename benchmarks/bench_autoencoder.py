@@ -4,7 +4,8 @@ Encode is ``latent_moments(x)`` (what the latent cache and ``LatentDiffusion`` c
 posterior's mean and std, the VQ pre-quantisation latent); decode is ``decode_latent(z)`` (VQ
 quantises first). The naive path is the original's: the attention blocks' explicit einsum
 ``softmax(q kᵀ) v`` instead of the fused kernel, fp32. Weights are random (the architecture decides
-the cost), inference mode, batch of ``--batch`` images of ``--size``².
+the cost), inference mode, batches of ``--batch`` images of ``--size``². Modes are timed in
+interleaved rounds and the minimum is reported (load from other processes only adds time).
 
     python -m benchmarks.bench_autoencoder                               # CPU, 256², batch 1
     python -m benchmarks.bench_autoencoder --device cuda --batch 8 --modes naive-fp32,fp32,bf16,fp16
@@ -13,12 +14,13 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import time
 
 import torch
 from omegaconf import OmegaConf
 
 import ldm.modules.autoencoder.blocks as ae_blocks
-from benchmarks.common import naive_attention, peak_memory_mb, reset_peak_memory, time_call
+from benchmarks.common import naive_attention, peak_memory_mb, reset_peak_memory, synchronize
 from ldm.util import instantiate_from_config
 
 #: name -> config file (the model section is used; the training loss is replaced by Identity)
@@ -45,26 +47,56 @@ def autocast(device: torch.device, mode: str):
     return torch.autocast(device.type, dtype=dtype)
 
 
-def measure(model, x, device, mode: str, repeats: int) -> tuple[float, float, float | None]:
-    """(encode s, decode s, peak MiB) of one mode."""
-    naive = naive_attention(ae_blocks) if mode.startswith("naive") else contextlib.nullcontext()
-    with naive, torch.inference_mode():
-        with autocast(device, mode):
-            z = model.latent_moments(x)[0]
-        z = z.float()
+def mode_calls(model, x, device, mode: str) -> dict:
+    """``{"encode": fn, "decode": fn}`` running ``mode`` (each call sets up its own autocast / attention)."""
+    naive = mode.startswith("naive")
 
-        def encode():
-            with autocast(device, mode):
-                model.latent_moments(x)
+    def context():
+        stack = contextlib.ExitStack()
+        if naive:
+            stack.enter_context(naive_attention(ae_blocks))
+        stack.enter_context(autocast(device, mode))
+        return stack
 
-        def decode():
-            with autocast(device, mode):
-                model.decode_latent(z)
+    with torch.inference_mode(), context():
+        z = model.latent_moments(x)[0].float()
 
+    def encode():
+        with torch.inference_mode(), context():
+            model.latent_moments(x)
+
+    def decode():
+        with torch.inference_mode(), context():
+            model.decode_latent(z)
+
+    return {"encode": encode, "decode": decode}
+
+
+def interleaved_min(calls: dict, device: torch.device, repeats: int) -> dict:
+    """Minimum seconds of each call over ``repeats`` rounds that run every call once, in turn, so that
+    load from other processes on a shared machine hits all modes alike (noise only adds time)."""
+    for fn in calls.values():  # warm-up: kernel selection, allocator
+        fn()
+    best = dict.fromkeys(calls, float("inf"))
+    for _ in range(repeats):
+        for key, fn in calls.items():
+            synchronize(device)
+            start = time.perf_counter()
+            fn()
+            synchronize(device)
+            best[key] = min(best[key], time.perf_counter() - start)
+    return best
+
+
+def peak_memory(calls: dict, device: torch.device) -> dict:
+    """Peak device memory (MiB) of one encode + decode per mode; ``None`` off CUDA."""
+    peaks = {}
+    for mode in {key[0] for key in calls}:
         reset_peak_memory(device)
-        encode_s = time_call(encode, device, warmup=1, repeats=repeats)
-        decode_s = time_call(decode, device, warmup=1, repeats=repeats)
-    return encode_s, decode_s, peak_memory_mb(device)
+        calls[(mode, "encode")]()
+        calls[(mode, "decode")]()
+        peaks[mode] = peak_memory_mb(device)
+    return peaks
 
 
 def main(argv=None) -> None:
@@ -73,7 +105,7 @@ def main(argv=None) -> None:
     parser.add_argument("--modes", default=",".join(ALL_MODES), help="naive-fp32, fp32, bf16, fp16")
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--batch", type=int, default=1)
-    parser.add_argument("--repeats", type=int, default=3, help="timed calls per mode (median reported)")
+    parser.add_argument("--repeats", type=int, default=3, help="timed rounds (minimum reported)")
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
@@ -84,7 +116,7 @@ def main(argv=None) -> None:
     torch.manual_seed(0)
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{torch.get_num_threads()} threads"
     print(f"# first stage encode/decode, batch {args.batch} at {args.size}x{args.size}, device {device} ({where}),"
-          f" median of {args.repeats}")
+          f" min of {args.repeats} interleaved rounds")
     print("| model | params (M) | mode | encode s/img | decode s/img | encode vs naive | decode vs naive "
           "| enc+dec vs fp32 | peak mem (MiB) |")
     print("|---|---|---|---|---|---|---|---|---|")
@@ -94,7 +126,10 @@ def main(argv=None) -> None:
         model = build_first_stage(MODELS[name], device)
         n_params = sum(p.numel() for p in model.parameters()) / 1e6
         x = torch.rand(args.batch, 3, args.size, args.size, device=device) * 2 - 1
-        results = {mode: measure(model, x, device, mode, args.repeats) for mode in modes}
+        calls = {(mode, part): fn for mode in modes for part, fn in mode_calls(model, x, device, mode).items()}
+        best = interleaved_min(calls, device, args.repeats)
+        peaks = peak_memory(calls, device)
+        results = {mode: (best[(mode, "encode")], best[(mode, "decode")], peaks[mode]) for mode in modes}
         naive = results.get("naive-fp32")
         fp32 = results.get("fp32")
         for mode, (enc, dec, mem) in results.items():

@@ -91,6 +91,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--threads", type=int, default=0,
                         help="torch CPU threads; 0 = auto (the idle cores: oversubscribing a busy CPU is very slow)")
     parser.add_argument("--seed", type=int, default=23, help="training and sampling seed")
+    parser.add_argument("--ae-ckpt", default=None,
+                        help="skip stage 1 and use this quick-start autoencoder checkpoint (e.g. a previous run's "
+                             "runs/<ts>_quickstart_autoencoder/checkpoints/last.ckpt)")
     return parser
 
 
@@ -158,6 +161,19 @@ def ldm_config_for(kind: str, out: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     OmegaConf.save(config, path)
     return path
+
+
+def load_autoencoder(checkpoint: Path):
+    """The quick-start autoencoder with the weights of ``checkpoint`` (for ``--ae-ckpt``)."""
+    from omegaconf import OmegaConf
+
+    from ldm.util import instantiate_from_config
+
+    if not checkpoint.is_file():
+        raise SystemExit(f"quickstart: --ae-ckpt {checkpoint} does not exist")
+    config = OmegaConf.load(AUTOENCODER_CONFIG).model
+    config.params.ckpt_path = str(checkpoint)
+    return instantiate_from_config(config, node="model")
 
 
 # -- evaluation --------------------------------------------------------------------------------------
@@ -382,16 +398,21 @@ def run(argv: Sequence[str] | None = None) -> dict:
     started = time.time()
 
     # stage 1
-    ae_run, ae_ckpt, ae_seconds = _train(AUTOENCODER_CONFIG, out / "runs", "quickstart_autoencoder",
-                                         max_steps=budget.ae_max_steps, minutes=budget.ae_minutes,
-                                         batch_size=budget.ae_batch_size, seed=args.seed)
-    psnr = autoencoder_psnr(ae_run.model, budget.val_images)
-    print(f"[quickstart] autoencoder: {ae_run.trainer.global_step} steps, validation PSNR {psnr:.2f} dB, "
-          f"checkpoint {ae_ckpt}", flush=True)
-    report: dict[str, Any] = {"autoencoder": {"psnr_db": psnr, "steps": int(ae_run.trainer.global_step),
-                                              "train_seconds": ae_seconds, "checkpoint": str(ae_ckpt),
-                                              "run": str(ae_run.logdir)}}
-    del ae_run
+    if args.ae_ckpt:
+        ae_model, ae_ckpt = load_autoencoder(Path(args.ae_ckpt)), Path(args.ae_ckpt)
+        ae_steps, ae_seconds, ae_dir = 0, 0.0, str(Path(args.ae_ckpt).resolve().parents[1])
+    else:
+        ae_run, ae_ckpt, ae_seconds = _train(AUTOENCODER_CONFIG, out / "runs", "quickstart_autoencoder",
+                                             max_steps=budget.ae_max_steps, minutes=budget.ae_minutes,
+                                             batch_size=budget.ae_batch_size, seed=args.seed)
+        ae_model, ae_steps, ae_dir = ae_run.model, int(ae_run.trainer.global_step), str(ae_run.logdir)
+        del ae_run
+    psnr = autoencoder_psnr(ae_model, budget.val_images)
+    print(f"[quickstart] autoencoder: {ae_steps} steps, validation PSNR {psnr:.2f} dB, checkpoint {ae_ckpt}",
+          flush=True)
+    report: dict[str, Any] = {"autoencoder": {"psnr_db": psnr, "steps": ae_steps, "train_seconds": ae_seconds,
+                                              "checkpoint": str(ae_ckpt), "run": ae_dir}}
+    del ae_model
 
     # stage 2: one model per condition, each on the autoencoder just trained
     grids = {}

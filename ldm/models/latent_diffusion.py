@@ -142,9 +142,8 @@ class LatentDiffusion(DDPM):
         """A scaled latent from :meth:`encode_first_stage`'s output (a sample of a posterior, or the
         tensor itself), or from a ``(mean, std)`` pair."""
         if isinstance(encoder_posterior, tuple) and len(encoder_posterior) == 2:
-            mean, std = encoder_posterior
-            z = mean + std * torch.randn_like(mean)
-        elif isinstance(encoder_posterior, torch.Tensor):
+            return self._scaled_latent(*encoder_posterior, sample=True)
+        if isinstance(encoder_posterior, torch.Tensor):
             z = encoder_posterior
         elif callable(getattr(encoder_posterior, "sample", None)):
             z = encoder_posterior.sample()
@@ -177,18 +176,18 @@ class LatentDiffusion(DDPM):
         x = self.image_from_batch(batch, self.first_stage_key)[:n].to(self.device)
         return self.latent_moments(x)
 
+    def _scaled_latent(self, mean: torch.Tensor, std: torch.Tensor, sample: bool) -> torch.Tensor:
+        """``scale_factor * (mean + std * eps)`` (or the scaled mean with ``sample=False``)."""
+        return self.scale_factor * (mean + std * torch.randn_like(mean) if sample else mean)
+
     def latents_from_batch(self, batch: Mapping, n: int | None = None, sample: bool = True) -> torch.Tensor:
-        """``scale_factor * (mean + std * eps)`` for a batch (images or cached latents)."""
-        mean, std = self.batch_latent_moments(batch, n)
-        z = mean + std * torch.randn_like(mean) if sample else mean
-        return self.scale_factor * z
+        """Scaled latents of a batch (images or cached latents)."""
+        return self._scaled_latent(*self.batch_latent_moments(batch, n), sample)
 
     @torch.no_grad()
     def encode_to_latent(self, x: torch.Tensor, sample: bool = True) -> torch.Tensor:
-        """``scale_factor * (mean + std * eps)`` (or the mean with ``sample=False``)."""
-        mean, std = self.latent_moments(x)
-        z = mean + std * torch.randn_like(mean) if sample else mean
-        return self.scale_factor * z
+        """Scaled latents of images ``x``."""
+        return self._scaled_latent(*self.latent_moments(x), sample)
 
     def _decode(self, z: torch.Tensor) -> torch.Tensor:
         z = z / self.scale_factor

@@ -1,0 +1,89 @@
+"""Quality of the quick start on the embedded shapes data, against the targets of issue 6.
+
+    python -m benchmarks.bench_quality                          # runs the full quick start (~15 min), then prints
+    python -m benchmarks.bench_quality --report logs/quickstart/report.json    # only reads a finished run
+    python -m benchmarks.bench_quality --out /tmp/q -- --ae-minutes 8          # extra flags go to the quick start
+
+Prints one table: autoencoder PSNR, class- and text-conditional oracle accuracy with classifier-free
+guidance and at guidance scale 1, DDIM vs DPM-Solver++ at fewer steps, and the total variation
+distance between the unconditional samples' class histogram and the data's - each with its target
+and whether it was met. Numbers reached are recorded in docs/quality.md.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def quality_rows(report: dict) -> list[tuple[str, str, str, str]]:
+    """(metric, value, target, met?) rows of a quick-start ``report.json``."""
+    ae, cls, txt = report["autoencoder"], report["class_conditional"], report["text_conditional"]
+    unc = cls["unconditional"]
+    g, steps, few = cls["guidance_scale"], cls["ddim_steps"], cls["fast_steps"]
+
+    def mark(ok: bool) -> str:
+        return "yes" if ok else "NO"
+
+    return [
+        ("autoencoder PSNR (dB, validation)", f"{ae['psnr_db']:.2f}", ">= 28", mark(ae["psnr_db"] >= 28)),
+        (f"class oracle acc., DDIM {steps}, CFG {g:g}", f"{cls['oracle_accuracy_cfg']:.3f}", ">= 0.90",
+         mark(cls["oracle_accuracy_cfg"] >= 0.90)),
+        (f"class oracle acc., DDIM {steps}, scale 1", f"{cls['oracle_accuracy_scale1']:.3f}", "< CFG",
+         mark(cls["oracle_accuracy_scale1"] < cls["oracle_accuracy_cfg"])),
+        (f"class oracle acc., DDIM {few}, CFG {g:g}", f"{cls['oracle_accuracy_ddim_fast_steps_cfg']:.3f}", "", ""),
+        (f"class oracle acc., DPM-Solver++ {few}, CFG {g:g}",
+         f"{cls['oracle_accuracy_dpm_solver_fast_steps_cfg']:.3f}", f">= DDIM {few}",
+         mark(cls["oracle_accuracy_dpm_solver_fast_steps_cfg"] >= cls["oracle_accuracy_ddim_fast_steps_cfg"])),
+        (f"text oracle acc., DDIM {steps}, CFG {g:g}", f"{txt['oracle_accuracy_cfg']:.3f}", ">= 0.80",
+         mark(txt["oracle_accuracy_cfg"] >= 0.80)),
+        (f"text oracle acc., DDIM {steps}, scale 1", f"{txt['oracle_accuracy_scale1']:.3f}", "< CFG",
+         mark(txt["oracle_accuracy_scale1"] < txt["oracle_accuracy_cfg"])),
+        (f"text oracle acc., DPM-Solver++ {few}, CFG {g:g}", f"{txt['oracle_accuracy_dpm_solver_fast_steps_cfg']:.3f}",
+         "", ""),
+        ("unconditional: TV(class histogram, data)", f"{unc['total_variation']:.3f}", "<= 0.25",
+         mark(unc["total_variation"] <= 0.25)),
+        ("unconditional: undecidable fraction", f"{unc['undecidable_fraction']:.3f}", "", ""),
+    ]
+
+
+def format_table(report: dict) -> str:
+    rows = [("metric", "value", "target", "met")] + quality_rows(report)
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)) for row in rows]
+    lines.insert(1, "  ".join("-" * width for width in widths))
+    ae, cls, txt = report["autoencoder"], report["class_conditional"], report["text_conditional"]
+    lines.append(f"\ntraining: autoencoder {ae['steps']} steps / {ae['train_seconds'] / 60:.1f} min, class LDM "
+                 f"{cls['train_steps']} steps / {cls['train_seconds'] / 60:.1f} min, text LDM {txt['train_steps']} "
+                 f"steps / {txt['train_seconds'] / 60:.1f} min; total {report['seconds_total'] / 60:.1f} min on "
+                 f"{report['threads']} thread(s)")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--report", help="read this report.json instead of running the quick start")
+    parser.add_argument("--out", default="logs/quickstart", help="quick-start output directory")
+    parser.add_argument("quickstart_args", nargs="*", help="extra quick-start flags (after --)")
+    args = parser.parse_args(argv)
+    report_path = Path(args.report) if args.report else Path(args.out) / "report.json"
+    if not args.report:
+        cmd = [sys.executable, "-m", "ldm.cli.quickstart", "--out", args.out, *args.quickstart_args]
+        print("running:", " ".join(cmd), flush=True)
+        subprocess.run(cmd, cwd=ROOT, check=True)
+    if not report_path.is_file():
+        raise SystemExit(f"bench_quality: no report at {report_path}")
+    report = json.loads(report_path.read_text())
+    if report.get("fast"):
+        print("note: this report comes from a --fast smoke run; its numbers say nothing about quality")
+    print(format_table(report))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
