@@ -7,7 +7,7 @@ quantises first). The naive path is the original's: the attention blocks' explic
 the cost), inference mode, batches of ``--batch`` images of ``--size``². Modes are timed in
 interleaved rounds and the minimum is reported (load from other processes only adds time).
 
-    python -m benchmarks.bench_autoencoder                               # CPU, 256², batch 1
+    python -m benchmarks.bench_autoencoder --threads 1                   # CPU, 256², batch 1
     python -m benchmarks.bench_autoencoder --device cuda --batch 8 --modes naive-fp32,fp32,bf16,fp16
 """
 from __future__ import annotations
@@ -107,7 +107,10 @@ def main(argv=None) -> None:
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=3, help="timed rounds (minimum reported)")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
     args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     modes = args.modes.split(",")
     for mode in modes:

@@ -77,3 +77,18 @@ def test_groupnorm32_computes_in_fp32_under_bf16_autocast():
     assert out_fp32_input.dtype == torch.float32
     assert torch.equal(out, reference.to(torch.bfloat16))
     torch.testing.assert_close(out_fp32_input, reference)
+
+
+def test_fused_qkv_attention_uses_a_fused_sdpa_kernel():
+    """Strided q/k/v send SDPA to its unfused math fallback; the split must hand it contiguous heads."""
+    from torch.profiler import profile
+
+    from ldm.modules.attention import AttentionBlock
+
+    block = AttentionBlock(64, num_heads=2)
+    x = torch.randn(1, 64, 8, 8, requires_grad=True)
+    with profile() as prof:
+        block(x).sum().backward()
+    kernels = [e.key for e in prof.key_averages() if "scaled_dot_product" in e.key]
+    assert any("flash" in k or "efficient" in k for k in kernels), kernels
+    assert not any(k.endswith("_attention_math") for k in kernels), kernels

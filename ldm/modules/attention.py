@@ -35,7 +35,9 @@ def split_fused_qkv(qkv: torch.Tensor, num_heads: int, legacy_order: bool):
         q, k, v = qkv.reshape(b, num_heads, 3 * d, length).split(d, dim=2)
     else:
         q, k, v = (part.reshape(b, num_heads, d, length) for part in qkv.chunk(3, dim=1))
-    return tuple(t.transpose(-1, -2) for t in (q, k, v))
+    # contiguous [B, H, T, d]: with the head dim strided, SDPA falls back to its unfused math path
+    # (measured on CPU in bf16: 2x slower attention, plus a mask/where pass); the copy is cheap.
+    return tuple(t.transpose(-1, -2).contiguous() for t in (q, k, v))
 
 
 class AttentionBlock(nn.Module):
