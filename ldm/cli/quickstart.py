@@ -26,9 +26,10 @@ import math
 import os
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
 AUTOENCODER_CONFIG = ROOT / "configs" / "demo" / "quickstart_autoencoder.yaml"
@@ -65,9 +66,9 @@ class Budget:
     extra_overrides: list[str] = field(default_factory=list)
 
 
-FAST = dict(ae_minutes=1.0, ae_max_steps=3, ldm_minutes=1.0, ldm_max_steps=3, ae_batch_size=4, ldm_batch_size=4,
-            val_images=8, samples_per_class=1, text_samples=4, unconditional_samples=12, data_histogram_samples=48,
-            ddim_steps=3, fast_steps=2)
+FAST = {"ae_minutes": 1.0, "ae_max_steps": 3, "ldm_minutes": 1.0, "ldm_max_steps": 3, "ae_batch_size": 4,
+        "ldm_batch_size": 4, "val_images": 8, "samples_per_class": 1, "text_samples": 4, "unconditional_samples": 12,
+        "data_histogram_samples": 48, "ddim_steps": 3, "fast_steps": 2}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -119,11 +120,11 @@ def pick_threads(requested: int) -> int:
         busy = os.getloadavg()[0]
     except OSError:
         busy = 0.0
-    return max(1, min(cores, int(round(cores - busy))))
+    return max(1, min(cores, round(cores - busy)))
 
 
 def _max_time(minutes: float) -> str:
-    seconds = max(1, int(round(minutes * 60)))
+    seconds = max(1, round(minutes * 60))
     return f"00:{seconds // 3600:02d}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
 
@@ -343,24 +344,24 @@ def markdown_report(report: dict) -> str:
         ("Autoencoder PSNR (validation, dB)", f"{ae['psnr_db']:.2f}", "≥ 28"),
         (f"Class-conditional oracle accuracy, DDIM {cls['ddim_steps']} steps, CFG {g:g}",
          f"{cls['oracle_accuracy_cfg']:.1%}", "≥ 90%"),
-        (f"  same, guidance scale 1", f"{cls['oracle_accuracy_scale1']:.1%}", "< CFG"),
+        ("  same, guidance scale 1", f"{cls['oracle_accuracy_scale1']:.1%}", "< CFG"),
         (f"  DDIM {cls['fast_steps']} steps, CFG {g:g}", f"{cls['oracle_accuracy_ddim_fast_steps_cfg']:.1%}", ""),
         (f"  DPM-Solver++ {cls['fast_steps']} steps, CFG {g:g}",
          f"{cls['oracle_accuracy_dpm_solver_fast_steps_cfg']:.1%}", "≈ DDIM"),
         (f"Text-conditional oracle accuracy, DDIM {txt['ddim_steps']} steps, CFG {g:g}",
          f"{txt['oracle_accuracy_cfg']:.1%}", "≥ 80%"),
-        (f"  same, guidance scale 1", f"{txt['oracle_accuracy_scale1']:.1%}", "< CFG"),
+        ("  same, guidance scale 1", f"{txt['oracle_accuracy_scale1']:.1%}", "< CFG"),
         (f"  DPM-Solver++ {txt['fast_steps']} steps, CFG {g:g}",
          f"{txt['oracle_accuracy_dpm_solver_fast_steps_cfg']:.1%}", "≈ DDIM"),
         ("Unconditional samples: TV distance of the class histogram to the data's",
          f"{unc['total_variation']:.3f}", "small"),
         ("  undecidable (no shape found by the oracle)", f"{unc['undecidable_fraction']:.1%}", ""),
     ]
-    lines = ["# Quick-start report", "",
-             f"Total time {report['seconds_total'] / 60:.1f} min on {report['threads']} CPU thread(s); "
-             f"autoencoder {ae['steps']} steps ({ae['train_seconds'] / 60:.1f} min), class LDM "
-             f"{cls['train_steps']} steps ({cls['train_seconds'] / 60:.1f} min), text LDM {txt['train_steps']} "
-             f"steps ({txt['train_seconds'] / 60:.1f} min).", "",
+    summary = (f"Total time {report['seconds_total'] / 60:.1f} min on {report['threads']} CPU thread(s); "
+               f"autoencoder {ae['steps']} steps ({ae['train_seconds'] / 60:.1f} min), class LDM "
+               f"{cls['train_steps']} steps ({cls['train_seconds'] / 60:.1f} min), text LDM {txt['train_steps']} "
+               f"steps ({txt['train_seconds'] / 60:.1f} min).")
+    lines = ["# Quick-start report", "", summary, "",
              "| metric | value | target |", "|---|---|---|"]
     lines += [f"| {a} | {b} | {c} |" for a, b, c in rows]
     lines += ["", "Targets: " + ", ".join(f"{k} {'met' if v['met'] else 'NOT met'}"
