@@ -20,7 +20,12 @@ import torch
 from omegaconf import OmegaConf
 
 import ldm.modules.autoencoder.blocks as ae_blocks
-from benchmarks.common import naive_attention, peak_memory_mb, reset_peak_memory, synchronize
+from benchmarks.common import (
+    naive_attention,
+    peak_memory_mb,
+    reset_peak_memory,
+    synchronize,
+)
 from ldm.util import instantiate_from_config
 
 #: name -> config file (the model section is used; the training loss is replaced by Identity)

@@ -91,7 +91,7 @@ def main(argv=None) -> None:
     where = torch.cuda.get_device_name(model.device) if model.device.type == "cuda" else f"{torch.get_num_threads()} threads"
     print(f"# {loaded.checkpoint} (global step {_global_step(loaded.checkpoint)}), {labels.numel()} images "
           f"({args.per_class} per class), CFG scale {args.guidance_scale}, EMA weights, device {model.device} ({where})")
-    print("| sampler | steps | UNet forwards/img | s/img | oracle accuracy | vs DDIM 50 |")
+    print("| sampler | steps | UNet evaluations/img (cond + null) | s/img | oracle accuracy | vs DDIM 50 |")
     print("|---|---|---|---|---|---|")
     reference = None
     rows = []
@@ -112,7 +112,7 @@ def _global_step(checkpoint) -> str:
     try:
         meta = torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True)
         return str(meta.get("global_step", "?"))
-    except Exception:  # a safetensors file or an unreadable pickle: the step is only informative
+    except (OSError, RuntimeError, ValueError, EOFError):  # safetensors or unreadable: the step is informative only
         return "?"
 
 

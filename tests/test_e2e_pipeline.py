@@ -88,7 +88,12 @@ def test_quickstart_fast_runs_end_to_end(tmp_path):
 
 
 def test_report_helpers_closed_form():
-    from ldm.cli.quickstart import _max_time, pick_threads, sample_histogram, total_variation
+    from ldm.cli.quickstart import (
+        _max_time,
+        pick_threads,
+        sample_histogram,
+        total_variation,
+    )
 
     # TV(p, q) = 1/2 sum |p - q|: disjoint supports -> 1, identical -> 0, undecidable mass counts fully
     assert total_variation([1.0, 0.0], [0.0, 1.0]) == 1.0

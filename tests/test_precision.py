@@ -113,7 +113,7 @@ def test_bf16_mixed_lightning_training_lowers_the_loss_of_the_class_conditional_
     model.learning_rate = 2e-3
     images, labels = shapes_images(8)
     z = model.encode_to_latent(images, sample=False)
-    cond = lambda: model.get_learned_conditioning(labels, torch.zeros(8, dtype=torch.bool))  # noqa: E731
+    cond = lambda: model.get_learned_conditioning(labels, torch.zeros(8, dtype=torch.bool))
     before = fixed_eval_loss(model, z, cond())
     trainer(40, precision="bf16-mixed").fit(model, DataLoader(FixedBatches(), batch_size=8))
     after = fixed_eval_loss(model, z, cond())

@@ -18,7 +18,8 @@ gradients) is NaN/Inf, counts it, and raises after ``max_consecutive`` bad steps
 
 Why it is DDP-safe: a rank whose loss is non-finite still returns a (zeroed, ``nan_to_num``) loss and
 runs backward, so every rank takes part in DDP's gradient all-reduce (returning ``None`` on one rank
-would leave the others waiting in that all-reduce). The skip decision is then made in
+would leave the others waiting in that all-reduce, and a detached zero has no graph to run backward
+through). The skip decision is then made in
 ``on_before_optimizer_step`` from a flag that is OR-reduced over all ranks
 (``strategy.reduce_boolean_decision(..., all=False)``), so all ranks skip the same steps and the
 replicas stay identical. A skip sets every gradient to ``None``: the optimiser then leaves those
@@ -35,8 +36,13 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
-__all__ = ["apply_unet_switches", "set_gradient_checkpointing", "compile_options", "NonFiniteGuard",
-           "NonFiniteLossError"]
+__all__ = [
+    "NonFiniteGuard",
+    "NonFiniteLossError",
+    "apply_unet_switches",
+    "compile_options",
+    "set_gradient_checkpointing",
+]
 
 
 class NonFiniteLossError(FloatingPointError):

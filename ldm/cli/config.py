@@ -6,6 +6,7 @@ saved configs first) < ``KEY=VALUE`` overrides < command-line trainer flags.
 from __future__ import annotations
 
 import inspect
+import re
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
@@ -74,11 +75,24 @@ def load_config_file(path: str | Path) -> DictConfig:
     return config
 
 
+# ``{step:06}``-style format templates (checkpoint file names): YAML would read them as a mapping.
+_FORMAT_TEMPLATE = re.compile(r"^[^=]*=(?=.*\{\w+(?::[^\s}]*)?\})(?!.*:\s)(.*)$")
+
+
+def _quote_format_templates(item: str) -> str:
+    """``key={epoch}-{step:06}`` -> ``key='{epoch}-{step:06}'`` so the value stays a string."""
+    match = _FORMAT_TEMPLATE.match(item)
+    if match is None or match.group(1).startswith(("'", '"')):
+        return item
+    key = item[: match.start(1) - 1]
+    return f"{key}='{match.group(1)}'"
+
+
 def merge_configs(paths: Iterable[str | Path], dotlist: Iterable[str] = ()) -> DictConfig:
     """Merge config files left to right, then the ``a.b.c=value`` overrides."""
     configs = [load_config_file(path) for path in paths]
     try:
-        overrides = OmegaConf.from_dotlist(list(dotlist))
+        overrides = OmegaConf.from_dotlist([_quote_format_templates(item) for item in dotlist])
     except Exception as err:
         raise ConfigError(f"bad KEY=VALUE override in {list(dotlist)}: {err}") from err
     return OmegaConf.merge(*configs, overrides)
