@@ -13,12 +13,11 @@ forward at 2B, the combination) / one UNet forward at 2B. Goal <= 1.05.
 from __future__ import annotations
 
 import argparse
+import time
 
 import torch
 
-import time
-
-from benchmarks.common import synchronize
+from benchmarks.common import synchronize, time_call
 from ldm.diffusion import DiffusionSchedule
 from ldm.modules.unet import UNetModel
 from ldm.samplers import classifier_free_guidance, get_sampler
@@ -34,20 +33,6 @@ MODELS = {
                         num_head_channels=32, use_spatial_transformer=True, context_dim=512, transformer_depth=1),
 }
 SAMPLER_RUNS = [("ddim", {}), ("ddpm", {}), ("plms", {}), ("dpm_solver++", {})]
-
-
-def time_call(fn, device: torch.device, warmup: int = 1, repeats: int = 3) -> float:
-    """Minimum wall-clock seconds of ``fn()`` over ``repeats`` after ``warmup`` untimed calls."""
-    for _ in range(warmup):
-        fn()
-    synchronize(device)
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        synchronize(device)
-        best = min(best, time.perf_counter() - start)
-    return best
 
 
 def interleaved_min(fns: dict, device: torch.device, repeats: int) -> dict:
@@ -99,7 +84,7 @@ def main() -> None:
         for _ in range(S):
             denoise(x, t, context)
 
-    bare_s = time_call(bare, device, warmup=1, repeats=args.repeats)
+    bare_s = time_call(bare, device, warmup=1, repeats=args.repeats, reduce=min)
     per_forward = bare_s / S
     print(f"UNet forward (batch {B}): {per_forward * 1e3:.3f} ms (the per-sampler rows re-measure it interleaved)")
     print(f"{'sampler':<14}{'forwards':>9}{'s/image':>10}{'ms/step':>10}{'own ms/step':>12}{'direct':>9}"
@@ -116,7 +101,7 @@ def main() -> None:
         overhead = (total - forwards * per_forward) / (forwards * per_forward)
         own = time_call(lambda: sampler.sample(lambda xx, tt, cc: xx, x.shape, cond=context, generator=gen,
                                                device=device, dtype=dtype), device, warmup=1,
-                        repeats=args.repeats) / forwards
+                        repeats=args.repeats, reduce=min) / forwards
         print(f"{sampler_name:<14}{forwards:>9}{total / B:>10.4f}{total / sampler.num_steps * 1e3:>10.3f}"
               f"{own * 1e3:>12.4f}{own / per_forward * 100:>8.2f}%{overhead * 100:>11.2f}%")
 

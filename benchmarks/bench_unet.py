@@ -77,7 +77,10 @@ def main(argv=None):
     parser.add_argument("--steps", type=int, default=3, help="timed steps per mode (median reported)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--modes", default=",".join(ALL_MODES))
+    parser.add_argument("--threads", type=int, default=0, help="CPU threads (0: PyTorch's default)")
     args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     if device.type == "cuda":
         # fp32 on CUDA runs convolutions on TF32 tensor cores by default; let matmuls do the same so the

@@ -15,8 +15,9 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_call(fn, device: torch.device, warmup: int = 1, repeats: int = 3) -> float:
-    """Median wall-clock seconds of ``fn()`` after ``warmup`` untimed calls."""
+def time_call(fn, device: torch.device, warmup: int = 1, repeats: int = 3, reduce=statistics.median) -> float:
+    """Wall-clock seconds of ``fn()`` over ``repeats`` calls after ``warmup`` untimed ones, reduced by
+    ``reduce`` (median by default; ``min`` where noise from a shared machine only adds)."""
     for _ in range(warmup):
         fn()
     synchronize(device)
@@ -26,7 +27,7 @@ def time_call(fn, device: torch.device, warmup: int = 1, repeats: int = 3) -> fl
         fn()
         synchronize(device)
         times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return reduce(times)
 
 
 def matmul_peak_flops(device: torch.device, dtype: torch.dtype, n: int | None = None) -> float:

@@ -1,7 +1,6 @@
 """Needs the LatentDiffusion change (latent_from_batch): a Lightning fit from a latent cache."""
 import lightning as L
 import pytest
-import torch
 from torch.utils.data import DataLoader
 
 from ldm.data.datamodule import collate
