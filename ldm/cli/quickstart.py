@@ -51,7 +51,7 @@ class Budget:
     """How big each part of the quick start is (the defaults aim at ~15 minutes on a 2-core CPU)."""
     ae_minutes: float = 5.0
     ae_max_steps: int = 100_000
-    ldm_minutes: float = 3.5            # per latent diffusion model (class, then text)
+    ldm_minutes: float = 4.25           # per latent diffusion model (class, then text)
     ldm_max_steps: int = 100_000
     ae_batch_size: int = 16
     ldm_batch_size: int = 32
@@ -158,6 +158,8 @@ def ldm_config_for(kind: str, out: Path) -> Path:
         raise ValueError(f"{LDM_CONFIG}: no quickstart.conditioners.{kind}")
     config.model.params.cond_stage_key = choices[kind].cond_stage_key
     config.model.params.cond_stage_config = choices[kind].cond_stage_config
+    if "model_params" in choices[kind]:  # e.g. the text model's cross-attention UNet
+        config.model.params = OmegaConf.merge(config.model.params, choices[kind].model_params)
     path = out / "configs" / f"quickstart_ldm_{kind}.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)
     OmegaConf.save(config, path)
