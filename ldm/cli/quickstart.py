@@ -62,7 +62,7 @@ class Budget:
     data_histogram_samples: int = 2400
     ddim_steps: int = 25
     fast_steps: int = 10                # DPM-Solver++ (and a DDIM run at the same count)
-    guidance_scale: float = 3.0
+    guidance_scale: float = 5.0
     extra_overrides: list[str] = field(default_factory=list)
 
 
