@@ -78,7 +78,28 @@ def _fresh_counter(count, names):
     return counter
 
 
-class SkippingDataset(Dataset):
+class SkipReporting:
+    """``num_skipped`` / ``skipped_files`` / ``skip_report()`` over a ``self._skips`` :class:`SkipCounter`."""
+
+    _skips: SkipCounter
+
+    @property
+    def num_skipped(self) -> int:
+        """How many times an unreadable sample was skipped (summed over DataLoader workers)."""
+        return self._skips.value
+
+    @property
+    def skipped_files(self) -> list[str]:
+        """Names of the unreadable samples this process has met (workers keep their own lists)."""
+        return list(self._skips.names)
+
+    def skip_report(self) -> str:
+        names = self.skipped_files
+        shown = ", ".join(names[:5]) + (" ..." if len(names) > 5 else "")
+        return f"{type(self).__name__}: {self.num_skipped} unreadable sample(s) skipped" + (f" ({shown})" if names else "")
+
+
+class SkippingDataset(SkipReporting, Dataset):
     """Base class: subclasses implement ``__len__``, ``load(index) -> dict`` and ``name_of(index)``."""
 
     def __init__(self, strict: bool = False, max_skips_per_item: int = 50):
@@ -94,20 +115,6 @@ class SkippingDataset(Dataset):
         return f"sample {index}"
 
     # -- shared behaviour -----------------------------------------------------------------
-    @property
-    def num_skipped(self) -> int:
-        """How many times an unreadable sample was skipped (summed over DataLoader workers)."""
-        return self._skips.value
-
-    @property
-    def skipped_files(self) -> list[str]:
-        """Names of the unreadable samples this process has met (workers keep their own lists)."""
-        return list(self._skips.names)
-
-    def skip_report(self) -> str:
-        names = self.skipped_files
-        shown = ", ".join(names[:5]) + (" ..." if len(names) > 5 else "")
-        return f"{type(self).__name__}: {self.num_skipped} unreadable sample(s) skipped" + (f" ({shown})" if names else "")
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         length = len(self)

@@ -32,7 +32,7 @@ from PIL import Image
 from torch.utils.data import IterableDataset, get_worker_info
 
 from ldm.data.image_ops import UNREADABLE_ERRORS, ImagePreprocessor, decode_image, to_tensor
-from ldm.data.robust import CorruptImageError, CorruptImageWarning, SkipCounter
+from ldm.data.robust import CorruptImageError, CorruptImageWarning, SkipCounter, SkipReporting
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "bmp")
 
@@ -55,7 +55,7 @@ def expand_urls(urls: str | Sequence[str]) -> list[str] | str:
     return urls
 
 
-class WebImageDataset(IterableDataset):
+class WebImageDataset(SkipReporting, IterableDataset):
     """Stream dict samples from webdataset shards.
 
     Args:
@@ -88,17 +88,6 @@ class WebImageDataset(IterableDataset):
         self._iterations = 0  # new shuffle order on every pass, also inside persistent workers
         self._skips = SkipCounter()
 
-    # -- reporting ------------------------------------------------------------------------
-    @property
-    def num_skipped(self) -> int:
-        return self._skips.value
-
-    @property
-    def skipped_files(self) -> list[str]:
-        return list(self._skips.names)
-
-    def skip_report(self) -> str:
-        return f"{type(self).__name__}: {self.num_skipped} unreadable sample(s) skipped"
 
     def set_epoch(self, epoch: int) -> None:
         """Re-seed shard/sample shuffling for a new epoch (call before iterating)."""

@@ -110,6 +110,19 @@ class PerceptualGANLoss(nn.Module):
         d_weight = adaptive_weight(rec_for_weight, g_loss, last_layer, self.discriminator_weight) if can_differentiate else zero
         return g_loss, d_weight, disc_factor
 
+    @staticmethod
+    def generator_log(split: str, loss, nll_loss, rec_loss, p_loss, d_weight, disc_factor, g_loss) -> dict:
+        """The log entries both autoencoder losses share (original key names)."""
+        return {
+            f"{split}/total_loss": loss.detach(),
+            f"{split}/nll_loss": nll_loss.detach(),
+            f"{split}/rec_loss": rec_loss.detach().mean(),
+            f"{split}/p_loss": p_loss.detach().mean(),
+            f"{split}/d_weight": d_weight.detach(),
+            f"{split}/disc_factor": torch.tensor(float(disc_factor)),
+            f"{split}/g_loss": g_loss.detach(),
+        }
+
     def discriminator_term(self, inputs: torch.Tensor, reconstructions: torch.Tensor, global_step: int,
                            cond: torch.Tensor | None, split: str):
         """``disc_factor · L_D(D(x), D(x̂))`` on detached images, and its log."""

@@ -35,14 +35,8 @@ class LPIPSWithDiscriminator(PerceptualGANLoss):
         g_loss, d_weight, disc_factor = self.generator_term(reconstructions, nll_loss, global_step, last_layer, cond)
         loss = weighted_nll_loss + self.kl_weight * kl_loss + d_weight * disc_factor * g_loss
         log = {
-            f"{split}/total_loss": loss.detach(),
+            **self.generator_log(split, loss, nll_loss, rec_loss, p_loss, d_weight, disc_factor, g_loss),
             f"{split}/logvar": self.logvar.detach(),
             f"{split}/kl_loss": kl_loss.detach(),
-            f"{split}/nll_loss": nll_loss.detach(),
-            f"{split}/rec_loss": rec_loss.detach().mean(),
-            f"{split}/p_loss": p_loss.detach().mean(),
-            f"{split}/d_weight": d_weight.detach(),
-            f"{split}/disc_factor": torch.tensor(float(disc_factor)),
-            f"{split}/g_loss": g_loss.detach(),
         }
         return loss, log

@@ -32,13 +32,7 @@ class VQLPIPSWithDiscriminator(PerceptualGANLoss):
         g_loss, d_weight, disc_factor = self.generator_term(reconstructions, nll_loss, global_step, last_layer, cond)
         loss = nll_loss + d_weight * disc_factor * g_loss + self.codebook_weight * codebook_loss.mean()
         log = {
-            f"{split}/total_loss": loss.detach(),
+            **self.generator_log(split, loss, nll_loss, rec_loss, p_loss, d_weight, disc_factor, g_loss),
             f"{split}/quant_loss": codebook_loss.detach().mean(),
-            f"{split}/nll_loss": nll_loss.detach(),
-            f"{split}/rec_loss": rec_loss.detach().mean(),
-            f"{split}/p_loss": p_loss.detach().mean(),
-            f"{split}/d_weight": d_weight.detach(),
-            f"{split}/disc_factor": torch.tensor(float(disc_factor)),
-            f"{split}/g_loss": g_loss.detach(),
         }
         return loss, log
