@@ -49,9 +49,9 @@ TARGETS = {
 @dataclass
 class Budget:
     """How big each part of the quick start is (the defaults aim at ~15 minutes on a 2-core CPU)."""
-    ae_minutes: float = 5.0
+    ae_minutes: float = 6.0
     ae_max_steps: int = 100_000
-    ldm_minutes: float = 4.25           # per latent diffusion model (class, then text)
+    ldm_minutes: float = 4.0            # per latent diffusion model (class, then text)
     ldm_max_steps: int = 100_000
     ae_batch_size: int = 16
     ldm_batch_size: int = 32
