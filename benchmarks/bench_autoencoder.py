@@ -14,17 +14,16 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import time
 
 import torch
 from omegaconf import OmegaConf
 
 import ldm.modules.autoencoder.blocks as ae_blocks
 from benchmarks.common import (
+    interleaved_min,
     naive_attention,
     peak_memory_mb,
     reset_peak_memory,
-    synchronize,
 )
 from ldm.util import instantiate_from_config
 
@@ -75,22 +74,6 @@ def mode_calls(model, x, device, mode: str) -> dict:
             model.decode_latent(z)
 
     return {"encode": encode, "decode": decode}
-
-
-def interleaved_min(calls: dict, device: torch.device, repeats: int) -> dict:
-    """Minimum seconds of each call over ``repeats`` rounds that run every call once, in turn, so that
-    load from other processes on a shared machine hits all modes alike (noise only adds time)."""
-    for fn in calls.values():  # warm-up: kernel selection, allocator
-        fn()
-    best = dict.fromkeys(calls, float("inf"))
-    for _ in range(repeats):
-        for key, fn in calls.items():
-            synchronize(device)
-            start = time.perf_counter()
-            fn()
-            synchronize(device)
-            best[key] = min(best[key], time.perf_counter() - start)
-    return best
 
 
 def peak_memory(calls: dict, device: torch.device) -> dict:

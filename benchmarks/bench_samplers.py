@@ -13,11 +13,10 @@ forward at 2B, the combination) / one UNet forward at 2B. Goal <= 1.05.
 from __future__ import annotations
 
 import argparse
-import time
 
 import torch
 
-from benchmarks.common import synchronize, time_call
+from benchmarks.common import interleaved_min, time_call
 from ldm.diffusion import DiffusionSchedule
 from ldm.modules.unet import UNetModel
 from ldm.samplers import classifier_free_guidance, get_sampler
@@ -33,22 +32,6 @@ MODELS = {
                         num_head_channels=32, use_spatial_transformer=True, context_dim=512, transformer_depth=1),
 }
 SAMPLER_RUNS = [("ddim", {}), ("ddpm", {}), ("plms", {}), ("dpm_solver++", {})]
-
-
-def interleaved_min(fns: dict, device: torch.device, repeats: int) -> dict:
-    """Time several callables in alternation (min over ``repeats`` rounds) so clock and load drift
-    on a shared machine hits them alike."""
-    for fn in fns.values():
-        fn()
-    best = {name: float("inf") for name in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            synchronize(device)
-            start = time.perf_counter()
-            fn()
-            synchronize(device)
-            best[name] = min(best[name], time.perf_counter() - start)
-    return best
 
 
 def main() -> None:

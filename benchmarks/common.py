@@ -30,6 +30,22 @@ def time_call(fn, device: torch.device, warmup: int = 1, repeats: int = 3, reduc
     return reduce(times)
 
 
+def interleaved_min(calls: dict, device: torch.device, repeats: int) -> dict:
+    """Minimum seconds of each call over ``repeats`` rounds that run every call once, in turn, so that
+    load from other processes on a shared machine hits all modes alike (noise only adds time)."""
+    for fn in calls.values():  # warm-up: kernel selection, allocator
+        fn()
+    best = dict.fromkeys(calls, float("inf"))
+    for _ in range(repeats):
+        for key, fn in calls.items():
+            synchronize(device)
+            start = time.perf_counter()
+            fn()
+            synchronize(device)
+            best[key] = min(best[key], time.perf_counter() - start)
+    return best
+
+
 def matmul_peak_flops(device: torch.device, dtype: torch.dtype, n: int | None = None) -> float:
     """Measured FLOP/s of a large square matmul: the machine's practical peak for ``dtype``."""
     n = n or (8192 if device.type == "cuda" else 2048)
