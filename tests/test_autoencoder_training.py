@@ -170,3 +170,13 @@ def test_inference_only_loss_refuses_to_train():
     model = AutoencoderKL(tiny_ddconfig(), {"target": "ldm.modules.losses.DummyLoss"}, embed_dim=4)
     with pytest.raises(RuntimeError, match="cannot train"):
         model.configure_optimizers()
+
+
+def test_optimisers_are_fused_adam_with_the_gan_betas():
+    model = AutoencoderKL(tiny_ddconfig(), loss_config("LPIPSWithDiscriminator", disc_start=0), embed_dim=4)
+    model.learning_rate = 1e-4
+    ae_opt, disc_opt = model.configure_optimizers()
+    for opt in (ae_opt, disc_opt):
+        assert type(opt) is torch.optim.Adam and opt.param_groups[0]["fused"] is True
+        assert tuple(opt.param_groups[0]["betas"]) == (0.5, 0.9)
+    assert {id(p) for p in disc_opt.param_groups[0]["params"]} == {id(p) for p in model.loss.discriminator.parameters()}

@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ldm.modules.autoencoder import Decoder, DiagonalGaussianDistribution, Encoder, VectorQuantizer
+from ldm.optim import build_optimizer
 from ldm.util import instantiate_from_config
 
 DEFAULT_LEARNING_RATE = 4.5e-6
@@ -126,9 +127,11 @@ class _AdversarialAutoencoder(L.LightningModule):
             raise RuntimeError(f"{type(self).__name__}: lossconfig {type(self.loss).__name__} cannot train; "
                                f"use LPIPSWithDiscriminator / VQLPIPSWithDiscriminator")
         lr = self.learning_rate
-        optimizers = [torch.optim.Adam(self.ae_parameters(), lr=lr * getattr(self, "lr_g_factor", 1.0), betas=ADAM_BETAS)]
+        adam = {"target": "torch.optim.Adam", "params": {"betas": ADAM_BETAS}}
+        precision = getattr(self._trainer, "precision", None)
+        optimizers = [build_optimizer(self.ae_parameters(), lr * getattr(self, "lr_g_factor", 1.0), adam, precision)]
         if self.has_discriminator:
-            optimizers.append(torch.optim.Adam(self.loss.discriminator.parameters(), lr=lr, betas=ADAM_BETAS))
+            optimizers.append(build_optimizer(self.loss.discriminator.parameters(), lr, adam, precision))
         scheduler_config = getattr(self, "scheduler_config", None)
         if scheduler_config is None:
             return optimizers

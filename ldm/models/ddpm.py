@@ -395,7 +395,8 @@ class DDPM(L.LightningModule):
 
     def configure_optimizers(self):
         lr = getattr(self, "learning_rate", None)
-        optimizer = build_optimizer(self.parameter_groups(), lr, self.optimizer_config)
+        optimizer = build_optimizer(self.parameter_groups(), lr, self.optimizer_config,
+                                    precision=getattr(self._trainer, "precision", None))
         scheduler = build_lr_scheduler(optimizer, self.scheduler_config)
         if scheduler is None:
             return optimizer
