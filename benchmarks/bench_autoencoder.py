@@ -19,12 +19,7 @@ import torch
 from omegaconf import OmegaConf
 
 import ldm.modules.autoencoder.blocks as ae_blocks
-from benchmarks.common import (
-    interleaved_min,
-    naive_attention,
-    peak_memory_mb,
-    reset_peak_memory,
-)
+from benchmarks.common import PeakMemory, interleaved_min, naive_attention
 from ldm.util import instantiate_from_config
 
 #: name -> config file (the model section is used; the training loss is replaced by Identity)
@@ -77,13 +72,13 @@ def mode_calls(model, x, device, mode: str) -> dict:
 
 
 def peak_memory(calls: dict, device: torch.device) -> dict:
-    """Peak device memory (MiB) of one encode + decode per mode; ``None`` off CUDA."""
+    """Peak memory (MiB) of one encode + decode per mode (see :class:`benchmarks.common.PeakMemory`)."""
     peaks = {}
     for mode in {key[0] for key in calls}:
-        reset_peak_memory(device)
-        calls[(mode, "encode")]()
-        calls[(mode, "decode")]()
-        peaks[mode] = peak_memory_mb(device)
+        with PeakMemory(device) as memory:
+            calls[(mode, "encode")]()
+            calls[(mode, "decode")]()
+        peaks[mode] = memory.mib
     return peaks
 
 

@@ -1,7 +1,8 @@
 """LatentDiffusion train step: encoding every batch on the fly vs reading the latent cache.
 
-Both paths run the same model and optimiser step (forward, loss, backward, AdamW on the UNet and a
-trainable conditioner); the on-the-fly path also runs the frozen first stage's encoder on the image
+Both paths run the same training step (forward, loss, backward, the model's optimiser on the UNet and a
+trainable conditioner, the EMA update when the config has one; ``--precision bf16-mixed`` runs it under
+bf16 autocast, encoder included); the on-the-fly path also runs the frozen first stage's encoder on the image
 batch (no grad), the cached path draws ``z = scale_factor * (mean + std * eps)`` from a batch of
 ``LatentCacheDataset`` (written by ``ldm.data.latent_cache.encode_dataset`` at the start of the
 run). Batches are fetched before timing; the cache's read time per batch is reported separately.
@@ -13,6 +14,7 @@ Weights are random (timing only).
     python -m benchmarks.bench_latent_cache                        # the demo configs (configs/demo/ldm_*_kl_f4.yaml)
     python -m benchmarks.bench_latent_cache --model celebahq-f4    # celebahq-f4 UNet + VQ-f4, 256 px, batch 1
     python -m benchmarks.bench_latent_cache --threads 1            # a busy shared CPU: read the CPU-time ratio
+    python -m benchmarks.bench_latent_cache --precision bf16-mixed # both paths under bf16 autocast
 """
 from __future__ import annotations
 
@@ -81,15 +83,24 @@ def build_model(node: dict, device: torch.device):
     return instantiate_from_config(node, node="model").to(device).train()
 
 
-def make_step(model, batch):
-    """One training step; ``LatentDiffusion.shared_step`` encodes an image batch or reads a cached one."""
-    params = [p for group in model.parameter_groups() for p in group["params"]]
-    optimizer = torch.optim.AdamW(params, lr=1e-5)
+def make_step(model, batch, autocast_dtype=None):
+    """One training step as the trainer runs it: ``LatentDiffusion.shared_step`` (which encodes an image
+    batch or reads a cached one) under the precision's autocast, backward, the model's optimiser
+    (:func:`ldm.optim.build_optimizer`), and the EMA update when the config uses EMA."""
+    from ldm.optim import build_optimizer
+
+    precision = "bf16-mixed" if autocast_dtype == torch.bfloat16 else None
+    optimizer = build_optimizer(model.parameter_groups(), 1e-5, model.optimizer_config, precision=precision)
+    device_type = next(model.parameters()).device.type
 
     def step():
         optimizer.zero_grad(set_to_none=True)
-        model.shared_step(batch)[0].backward()
+        with torch.autocast(device_type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
+            loss = model.shared_step(batch)[0]
+        loss.backward()
         optimizer.step()
+        if model.use_ema:
+            model.model_ema(model.model)
 
     return step
 
@@ -121,7 +132,8 @@ def interleaved_medians(runs: dict, device: torch.device, repeats: int) -> dict:
         {f"{name} cpu": statistics.median(values) for name, values in cpu.items()}
 
 
-def bench_one(label: str, node: dict, image_size: int, batch_size: int, steps: int, device: torch.device) -> dict:
+def bench_one(label: str, node: dict, image_size: int, batch_size: int, steps: int, device: torch.device,
+              autocast_dtype: torch.dtype | None = None) -> dict:
     from torch.utils.data import DataLoader
 
     from ldm.data.datamodule import collate
@@ -145,9 +157,15 @@ def bench_one(label: str, node: dict, image_size: int, batch_size: int, steps: i
         read_seconds = time.perf_counter() - start
         cache_bytes = sum(f.stat().st_size for f in Path(cache_dir).glob("*.safetensors"))
     x = image_batch[model.first_stage_key].float()
-    runs = {"encoder": torch.no_grad()(lambda: model.first_stage_model.latent_moments(x)),
-            "on-the-fly": make_step(model, image_batch),
-            "cached": make_step(model, cached_batch)}
+
+    @torch.no_grad()
+    def encode():
+        with torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
+            model.first_stage_model.latent_moments(x)
+
+    runs = {"encoder": encode,
+            "on-the-fly": make_step(model, image_batch, autocast_dtype),
+            "cached": make_step(model, cached_batch, autocast_dtype)}
     times = interleaved_medians(runs, device, steps)
     n_unet = sum(p.numel() for p in model.model.parameters()) / 1e6
     n_first = sum(p.numel() for p in model.first_stage_model.parameters()) / 1e6
@@ -168,7 +186,10 @@ def main(argv=None) -> list[dict]:
                         help="timed steps per path, interleaved (median reported); default 9 demo, 5 celebahq-f4")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--precision", choices=["32", "bf16-mixed"], default="32",
+                        help="both paths (encoder included) run under this precision's autocast, as in training")
     args = parser.parse_args(argv)
+    autocast_dtype = torch.bfloat16 if args.precision == "bf16-mixed" else None
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -176,8 +197,10 @@ def main(argv=None) -> list[dict]:
     batch_size = args.batch or default_batch
     steps = args.steps or (9 if args.model == "demo" else 5)
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{torch.get_num_threads()} threads"
-    print(f"# latent cache vs on-the-fly encoding, {args.model}, batch {batch_size}, device {device} ({where})")
-    rows = [bench_one(label, node, image_size, batch_size, steps, device) for label, node in model_nodes(args.model)]
+    print(f"# latent cache vs on-the-fly encoding, {args.model}, batch {batch_size}, precision {args.precision}, "
+          f"device {device} ({where})")
+    rows = [bench_one(label, node, image_size, batch_size, steps, device, autocast_dtype)
+            for label, node in model_nodes(args.model)]
     print("| config | batch | encoder s/batch | on-the-fly s/step | cached s/step | images/s on-the-fly "
           "| images/s cached | speedup (wall) | encoder CPU s/batch | on-the-fly CPU s/step | cached CPU s/step "
           "| speedup (CPU time) |")

@@ -2,7 +2,7 @@
 
 The naive path is the original's recipe, reproduced here on the same UNet weights: einsum attention,
 gradient checkpointing forced on in every block, fp32. Each row is a full train step (forward, MSE
-loss in fp32, backward, AdamW step). MFU = model FLOPs per second (``torch.utils.flop_counter``) /
+loss in fp32, backward, AdamW step: fused for ours, PyTorch's default for naive). MFU = model FLOPs per second (``torch.utils.flop_counter``) /
 the measured matmul peak of the precision the step runs in.
 
     python benchmarks/bench_unet.py --model celebahq-f4 --batch 1 --steps 3
@@ -18,9 +18,9 @@ import torch
 import torch.nn.functional as F
 
 import ldm.modules.attention as attention_module
-from benchmarks.common import (count_flops, matmul_peak_flops, naive_attention, peak_memory_mb,
-                               reset_peak_memory, set_checkpointing, time_call)
+from benchmarks.common import PeakMemory, count_flops, matmul_peak_flops, naive_attention, set_checkpointing, time_call
 from ldm.modules.unet import UNetModel
+from ldm.optim import build_optimizer
 
 MODELS = {
     # LDM celebahq-ldm-vq-4: the UNet on 64x64x3 latents of a 256x256 image (VQ-f4).
@@ -36,8 +36,12 @@ MODELS = {
 ALL_MODES = ["naive-fp32", "fp32", "bf16", "fp32-channels-last", "bf16-channels-last", "bf16-compiled"]
 
 
-def make_step(model, params, batch, device, autocast_dtype, channels_last):
-    """One full train step closure on random data of the UNet's shape."""
+def make_step(model, params, batch, device, autocast_dtype, channels_last, naive=False):
+    """One full train step closure on random data of the UNet's shape.
+
+    The optimiser is ours (:func:`ldm.optim.build_optimizer`: fused AdamW) or, for the naive path, the
+    original's ``torch.optim.AdamW`` with PyTorch's default implementation (a per-parameter loop on CPU).
+    """
     x = torch.randn(batch, params["in_channels"], params["image_size"], params["image_size"], device=device)
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
@@ -45,7 +49,8 @@ def make_step(model, params, batch, device, autocast_dtype, channels_last):
     context = torch.randn(batch, 77 if params.get("context_dim", 0) > 128 else 8,
                           params["context_dim"], device=device) if params.get("use_spatial_transformer") else None
     target = torch.randn_like(x)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
+    optimizer = (torch.optim.AdamW(model.parameters(), lr=1e-5) if naive
+                 else build_optimizer(model.parameters(), 1e-5, precision={torch.float16: "16-mixed"}.get(autocast_dtype)))
 
     def step():
         optimizer.zero_grad(set_to_none=True)
@@ -99,25 +104,27 @@ def main(argv=None):
     print(f"# measured matmul peak: fp32 {peaks[torch.float32] / 1e12:.2f} TFLOP/s, "
           f"bf16 {peaks[torch.bfloat16] / 1e12:.2f} TFLOP/s")
 
-    flops = None
+    # counted on einsum attention (FlopCounterMode does not see every fused SDPA kernel), on a copy of its
+    # own so that each mode below allocates its gradients and optimiser state inside its memory measurement
+    runner, dtype, channels_last = build("fp32", base, device)
+    with naive_attention(attention_module):
+        flops = count_flops(make_step(runner, params, args.batch, device, dtype, channels_last))
+    del runner
     rows = []
     for mode in args.modes.split(","):
         runner, dtype, channels_last = build(mode, base, device)
-        step = make_step(runner, params, args.batch, device, dtype, channels_last)
-        if flops is None:  # counted on einsum attention: FlopCounterMode does not see every fused SDPA kernel
-            with naive_attention(attention_module):
-                flops = count_flops(step)
-        reset_peak_memory(device)
+        step = make_step(runner, params, args.batch, device, dtype, channels_last, naive=mode.startswith("naive"))
         ctx = naive_attention(attention_module) if mode.startswith("naive") else contextlib.nullcontext()
-        with ctx:
+        with ctx, PeakMemory(device) as memory:
             seconds = time_call(step, device, warmup=2 if "compiled" in mode else 1, repeats=args.steps)
         peak = peaks[dtype or torch.float32]
-        rows.append((mode, seconds, args.batch / seconds, flops / seconds / peak, peak_memory_mb(device)))
+        rows.append((mode, seconds, args.batch / seconds, flops / seconds / peak, memory.mib))
         del runner, step
 
     naive_seconds = rows[0][1] if rows[0][0] == "naive-fp32" else None
     print(f"# model FLOPs per train step: {flops / 1e9:.1f} GFLOP")
-    print("| mode | s/step | images/s | MFU | vs naive fp32 | peak mem (MiB) |")
+    memory_note = "allocated" if device.type == "cuda" else "RSS growth over the weights"
+    print(f"| mode | s/step | images/s | MFU | vs naive fp32 | peak mem (MiB, {memory_note}) |")
     print("|---|---|---|---|---|---|")
     for mode, seconds, ips, mfu, mem in rows:
         ratio = f"{naive_seconds / seconds:.2f}x" if naive_seconds else "-"

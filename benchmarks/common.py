@@ -2,7 +2,11 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import gc
+import os
 import statistics
+import threading
 import time
 import types
 
@@ -94,12 +98,52 @@ def set_checkpointing(model: torch.nn.Module, enabled: bool) -> None:
             module.use_checkpoint = enabled
 
 
-def peak_memory_mb(device: torch.device) -> float | None:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    return None
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
-def reset_peak_memory(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
+def _release_free_heap() -> None:
+    """Hand memory freed by earlier work back to the OS (glibc keeps small freed blocks resident)."""
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+class PeakMemory:
+    """Peak memory of the code inside ``with PeakMemory(device) as peak:`` in MiB (``peak.mib``).
+
+    CUDA: ``torch.cuda.max_memory_allocated`` (weights included). CPU (Linux): how far the process's
+    resident set grew above its size at entry (gradients, optimiser state, activations; weights built
+    before entry are not counted). Freed heap memory is returned to the OS first, and the resident set is
+    sampled every millisecond by a thread; ``None`` where ``/proc`` is missing.
+    """
+
+    def __init__(self, device: torch.device, interval: float = 1e-3):
+        self.device, self.interval, self.mib = device, interval, None
+        self._stop = threading.Event()
+
+    def _sample(self):
+        while not self._stop.wait(self.interval):
+            self._peak = max(self._peak, _rss_bytes())
+
+    def __enter__(self):
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+        elif os.path.exists("/proc/self/statm"):
+            _release_free_heap()
+            self._base = self._peak = _rss_bytes()
+            self._thread = threading.Thread(target=self._sample, daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        if self.device.type == "cuda":
+            self.mib = torch.cuda.max_memory_allocated(self.device) / 2**20
+        elif hasattr(self, "_thread"):
+            self._stop.set()
+            self._thread.join()
+            self.mib = (max(self._peak, _rss_bytes()) - self._base) / 2**20
+        return False
