@@ -1,4 +1,6 @@
 """Optimiser implementation choice: fused kernels by default, the same update as PyTorch's loop."""
+import copy
+
 import pytest
 import torch
 
@@ -51,3 +53,19 @@ def test_integer_parameters_are_not_fused():
     ints = [torch.zeros(3, dtype=torch.int64)]
     assert fused_kwargs(torch.optim.AdamW, ints, {}) == {}
     assert fused_kwargs(torch.optim.AdamW, [{"params": _params()}], {}) == {"fused": True}
+
+
+def test_state_of_a_loop_optimiser_resumes_in_the_fused_one():
+    # checkpoints written before the fused default (or by the original code) hold a loop-AdamW state
+    loop_params, fused_params = _params(), _params()
+    loop = torch.optim.AdamW(loop_params, lr=1e-2, foreach=False)
+    _run(loop_params, loop, steps=3)
+    fused = build_optimizer(fused_params, 1e-2)
+    with torch.no_grad():
+        for dst, src in zip(fused_params, loop_params):
+            dst.copy_(src)
+    fused.load_state_dict(copy.deepcopy(loop.state_dict()))  # as read back from a checkpoint file
+    after_fused, after_loop = _run(fused_params, fused, steps=2, seed=5), _run(loop_params, loop, steps=2, seed=5)
+    for a, b in zip(after_fused, after_loop):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    assert int(fused.state[fused_params[0]]["step"]) == 5
