@@ -92,6 +92,9 @@ def main(argv=None):
         # fp32 rows and the fp32 peak below measure the same arithmetic (else MFU would exceed 100%).
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
+        # the training configs set `lightning.trainer.benchmark: true` (as the original's): let cuDNN pick
+        # its fastest convolution algorithms for these fixed shapes, for every mode alike
+        torch.backends.cudnn.benchmark = True
     torch.manual_seed(0)
     params = MODELS[args.model]
     base = UNetModel(**params).train()
