@@ -19,7 +19,7 @@ import torch
 from omegaconf import OmegaConf
 
 import ldm.modules.autoencoder.blocks as ae_blocks
-from benchmarks.common import PeakMemory, interleaved_min, naive_attention
+from benchmarks.common import PeakMemory, autocast, interleaved_min, naive_attention
 from ldm.util import instantiate_from_config
 
 #: name -> config file (the model section is used; the training loss is replaced by Identity)
@@ -39,11 +39,9 @@ def build_first_stage(config_path: str, device: torch.device) -> torch.nn.Module
     return instantiate_from_config(config).to(device).eval()
 
 
-def autocast(device: torch.device, mode: str):
-    dtype = AUTOCAST[mode.split("-")[-1] if mode.startswith("naive") else mode.split("-")[0]]
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=dtype)
+def mode_dtype(mode: str) -> torch.dtype | None:
+    """Autocast dtype of a mode (``naive-fp32`` -> None, ``bf16`` -> bfloat16)."""
+    return AUTOCAST[mode.split("-")[-1] if mode.startswith("naive") else mode.split("-")[0]]
 
 
 def mode_calls(model, x, device, mode: str) -> dict:
@@ -54,7 +52,7 @@ def mode_calls(model, x, device, mode: str) -> dict:
         stack = contextlib.ExitStack()
         if naive:
             stack.enter_context(naive_attention(ae_blocks))
-        stack.enter_context(autocast(device, mode))
+        stack.enter_context(autocast(device.type, mode_dtype(mode)))
         return stack
 
     with torch.inference_mode(), context():

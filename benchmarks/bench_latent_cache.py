@@ -33,7 +33,7 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.bench_unet import MODELS as UNETS  # noqa: E402
-from benchmarks.common import synchronize  # noqa: E402
+from benchmarks.common import PRECISION_NAMES, autocast, synchronize  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -89,13 +89,13 @@ def make_step(model, batch, autocast_dtype=None):
     (:func:`ldm.optim.build_optimizer`), and the EMA update when the config uses EMA."""
     from ldm.optim import build_optimizer
 
-    precision = "bf16-mixed" if autocast_dtype == torch.bfloat16 else None
-    optimizer = build_optimizer(model.parameter_groups(), 1e-5, model.optimizer_config, precision=precision)
+    optimizer = build_optimizer(model.parameter_groups(), 1e-5, model.optimizer_config,
+                                precision=PRECISION_NAMES[autocast_dtype])
     device_type = next(model.parameters()).device.type
 
     def step():
         optimizer.zero_grad(set_to_none=True)
-        with torch.autocast(device_type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
+        with autocast(device_type, autocast_dtype):
             loss = model.shared_step(batch)[0]
         loss.backward()
         optimizer.step()
@@ -160,7 +160,7 @@ def bench_one(label: str, node: dict, image_size: int, batch_size: int, steps: i
 
     @torch.no_grad()
     def encode():
-        with torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
+        with autocast(device.type, autocast_dtype):
             model.first_stage_model.latent_moments(x)
 
     runs = {"encoder": encode,
@@ -186,10 +186,10 @@ def main(argv=None) -> list[dict]:
                         help="timed steps per path, interleaved (median reported); default 9 demo, 5 celebahq-f4")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
-    parser.add_argument("--precision", choices=["32", "bf16-mixed"], default="32",
+    parser.add_argument("--precision", choices=[PRECISION_NAMES[None], PRECISION_NAMES[torch.bfloat16]], default="32",
                         help="both paths (encoder included) run under this precision's autocast, as in training")
     args = parser.parse_args(argv)
-    autocast_dtype = torch.bfloat16 if args.precision == "bf16-mixed" else None
+    autocast_dtype = {name: dtype for dtype, name in PRECISION_NAMES.items()}[args.precision]
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)

@@ -18,7 +18,8 @@ import torch
 import torch.nn.functional as F
 
 import ldm.modules.attention as attention_module
-from benchmarks.common import PeakMemory, count_flops, matmul_peak_flops, naive_attention, set_checkpointing, time_call
+from benchmarks.common import (PRECISION_NAMES, PeakMemory, autocast, count_flops, matmul_peak_flops, naive_attention,
+                               set_checkpointing, time_call)
 from ldm.modules.unet import UNetModel
 from ldm.optim import build_optimizer
 
@@ -50,11 +51,11 @@ def make_step(model, params, batch, device, autocast_dtype, channels_last, naive
                           params["context_dim"], device=device) if params.get("use_spatial_transformer") else None
     target = torch.randn_like(x)
     optimizer = (torch.optim.AdamW(model.parameters(), lr=1e-5) if naive
-                 else build_optimizer(model.parameters(), 1e-5, precision={torch.float16: "16-mixed"}.get(autocast_dtype)))
+                 else build_optimizer(model.parameters(), 1e-5, precision=PRECISION_NAMES[autocast_dtype]))
 
     def step():
         optimizer.zero_grad(set_to_none=True)
-        with torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
+        with autocast(device.type, autocast_dtype):
             out = model(x, t, context=context)
         loss = F.mse_loss(out.float(), target.float())
         loss.backward()

@@ -14,6 +14,15 @@ import torch
 import torch.nn.functional as F
 
 
+#: the trainer's precision name for an autocast dtype (``None``: fp32, no autocast)
+PRECISION_NAMES = {None: "32", torch.bfloat16: "bf16-mixed", torch.float16: "16-mixed"}
+
+
+def autocast(device_type: str, dtype: torch.dtype | None):
+    """``torch.autocast`` to ``dtype``, or a no-op context for ``None`` (fp32)."""
+    return torch.autocast(device_type, dtype=dtype or torch.float32, enabled=dtype is not None)
+
+
 def synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
