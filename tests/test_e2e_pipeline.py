@@ -11,6 +11,7 @@ import math
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from PIL import Image
@@ -103,3 +104,18 @@ def test_report_helpers_closed_form():
     assert histogram[0] == 0.5 and histogram[11] == 0.25 and sum(histogram) == 0.75 and undecidable == 0.25
     assert _max_time(3.5) == "00:00:03:30" and _max_time(90) == "00:01:30:00"
     assert pick_threads(3) == 3 and 1 <= pick_threads(0) <= (os.cpu_count() or 1)
+    cores = os.cpu_count() or 1
+    assert pick_threads(0, busy=0.3) == cores and pick_threads(0, busy=cores + 2.0) == 1
+    assert pick_threads(0, busy=1.0) == max(1, cores - 1)
+
+
+def test_busy_cores_sees_a_process_spinning_now():
+    from ldm.cli.quickstart import busy_cores
+
+    spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(0.3)
+        assert busy_cores(window=1.0) >= 0.7  # one core kept busy, whatever else the machine does
+    finally:
+        spinner.kill()
+        spinner.wait()

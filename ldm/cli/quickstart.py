@@ -111,15 +111,39 @@ def budget_from_args(args: argparse.Namespace) -> Budget:
     return budget
 
 
-def pick_threads(requested: int) -> int:
-    """``requested`` if > 0, else the cores not already busy (1-minute load average), at least 1."""
+def _cpu_times() -> tuple[int, int] | None:
+    """(idle, total) jiffies of all CPUs from ``/proc/stat``, or None where it is missing."""
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(v) for v in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    return fields[3] + (fields[4] if len(fields) > 4 else 0), sum(fields)
+
+
+def busy_cores(window: float = 1.0) -> float:
+    """How many cores other processes keep busy *now*: the non-idle share of all CPUs over ``window``
+    seconds (``/proc/stat``). Not the 1-minute load average: right after ``scripts/setup_env.sh`` that
+    still counts the finished pip install and made the quick start run on one core of two."""
+    cores = os.cpu_count() or 1
+    before = _cpu_times()
+    if before is None:
+        try:
+            return os.getloadavg()[0]
+        except OSError:
+            return 0.0
+    time.sleep(window)
+    after = _cpu_times()
+    idle, total = after[0] - before[0], after[1] - before[1]
+    return cores * (1 - idle / total) if total > 0 else 0.0
+
+
+def pick_threads(requested: int, busy: float | None = None) -> int:
+    """``requested`` if > 0, else the cores not busy now (:func:`busy_cores`), at least 1."""
     cores = os.cpu_count() or 1
     if requested > 0:
         return requested
-    try:
-        busy = os.getloadavg()[0]
-    except OSError:
-        busy = 0.0
+    busy = busy_cores() if busy is None else busy
     return max(1, min(cores, round(cores - busy)))
 
 
