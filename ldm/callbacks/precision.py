@@ -90,8 +90,9 @@ def apply_unet_switches(unet: nn.Module, *, channels_last: bool = False, compile
     return unet
 
 
-def _gradients_finite(optimizer) -> bool:
-    grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+def _gradients_finite(optimizers) -> bool:
+    grads = [p.grad for optimizer in optimizers for group in optimizer.param_groups for p in group["params"]
+             if p.grad is not None]
     if not grads:
         return True
     total = torch.nn.utils.get_total_norm(grads, norm_type=2.0)
@@ -100,6 +101,24 @@ def _gradients_finite(optimizer) -> bool:
 
 def _uses_grad_scaler(trainer) -> bool:
     return trainer is not None and getattr(trainer.precision_plugin, "scaler", None) is not None
+
+
+def running_stats_snapshot(module: nn.Module) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Copies of the batch-norm running statistics of ``module`` (the only state a forward pass changes):
+    a skipped step puts them back with :func:`restore_snapshot`, so a NaN batch leaves no trace."""
+    pairs = []
+    for sub in module.modules():
+        if isinstance(sub, nn.modules.batchnorm._NormBase) and sub.track_running_stats:
+            for buffer in (sub.running_mean, sub.running_var, sub.num_batches_tracked):
+                if buffer is not None:
+                    pairs.append((buffer, buffer.detach().clone()))
+    return pairs
+
+
+@torch.no_grad()
+def restore_snapshot(pairs: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+    for buffer, saved in pairs:
+        buffer.copy_(saved)
 
 
 class NonFiniteGuard:
@@ -126,11 +145,19 @@ class NonFiniteGuard:
         return torch.nan_to_num(loss, nan=0.0, posinf=0.0, neginf=0.0)
 
     def before_optimizer_step(self, module, optimizer) -> bool:
+        """Automatic optimisation (``on_before_optimizer_step``): True when the step must be skipped."""
+        return self.decide(module, [optimizer])
+
+    def decide(self, module, optimizers, on_skip=None) -> bool:
+        """One decision for one optimisation step of ``optimizers`` (manual optimisation passes every
+        optimiser of the step, e.g. autoencoder and discriminator): True, with every gradient dropped
+        and ``on_skip()`` called, when the step must be skipped. Call it on every rank once per step."""
+        optimizers = list(optimizers)
         pending, self._pending = self._pending, None
         local_bad = bool(pending) if pending is not None else False
         trainer = module._trainer
         if not local_bad and not _uses_grad_scaler(trainer):
-            local_bad = not _gradients_finite(optimizer)
+            local_bad = not _gradients_finite(optimizers)
         bad = local_bad
         if trainer is not None:  # every rank calls this once per optimiser step: the reduction never hangs
             bad = bool(trainer.strategy.reduce_boolean_decision(local_bad, all=False))
@@ -138,9 +165,12 @@ class NonFiniteGuard:
         if not bad:
             self.consecutive = 0
             return False
-        for group in optimizer.param_groups:
-            for p in group["params"]:
-                p.grad = None
+        for optimizer in optimizers:
+            for group in optimizer.param_groups:
+                for p in group["params"]:
+                    p.grad = None
+        if on_skip is not None:
+            on_skip()
         self.total += 1
         self.consecutive += 1
         step = getattr(trainer, "global_step", "?") if trainer is not None else "?"

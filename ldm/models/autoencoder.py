@@ -17,6 +17,12 @@ trainer setting with manual optimisation); optimisers step on the N-th batch. ``
 original's ``global_step``; Lightning's own ``global_step`` counts both optimisers' steps) and is
 stored in checkpoints. Under DDP use ``strategy: ddp_find_unused_parameters_true`` (the
 discriminator is unused before ``disc_start``).
+
+Non-finite losses (``skip_nonfinite``, on by default): the step of a batch whose autoencoder or
+discriminator loss (or gradients) is NaN/Inf is skipped for both optimisers — weights, optimiser
+state, LR schedule, ``gan_step`` and EMA stay as they were — counted (``train/nonfinite_steps``) and
+reported; ``max_nonfinite_steps`` bad steps in a row stop training (the guard of
+:class:`ldm.callbacks.precision.NonFiniteGuard`, shared with DDPM).
 """
 from __future__ import annotations
 
@@ -71,6 +77,12 @@ class _AdversarialAutoencoder(L.LightningModule):
             self.monitor = monitor
         self.learning_rate = float(base_learning_rate) if base_learning_rate is not None else DEFAULT_LEARNING_RATE
         self.gan_step = 0  # autoencoder optimisation steps taken (the original global_step)
+
+    def _setup_nonfinite_guard(self, skip_nonfinite: bool, max_nonfinite_steps: int) -> None:
+        """The guard DDPM uses (:class:`ldm.callbacks.precision.NonFiniteGuard`), driven by ``training_step``."""
+        from ldm.callbacks.precision import NonFiniteGuard
+
+        self.nonfinite_guard = NonFiniteGuard(max_nonfinite_steps) if skip_nonfinite else None
 
     # -- checkpoint state that is not a weight -------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict) -> None:
@@ -163,37 +175,51 @@ class _AdversarialAutoencoder(L.LightningModule):
         x = self.get_input(batch, self.image_key)
         xrec, aux = self.reconstruct(x, sample=True)  # the one autoencoder forward of this batch
 
+        guard = self.nonfinite_guard  # a NaN/Inf loss is zeroed here and its step skipped below
+        if guard is not None and batch_idx % n_accum == 0:  # the discriminator's batch-norm statistics
+            from ldm.callbacks.precision import running_stats_snapshot
+
+            self._running_stats = running_stats_snapshot(self)
         self.toggle_optimizer(opt_ae)
         ae_loss, log = self.ae_loss(x, xrec, aux, "train", self.get_last_layer())
-        self.manual_backward(ae_loss / n_accum)
-        if step_now:
-            opt_ae.step()
-            opt_ae.zero_grad(set_to_none=True)
+        self.manual_backward((guard.observe(ae_loss) if guard else ae_loss) / n_accum)
         self.untoggle_optimizer(opt_ae)
+        stepping = [opt_ae]
 
+        # both backward passes before any step: the discriminator loss sees x and the detached x̂ only,
+        # so stepping after it changes nothing, and one non-finite decision covers the whole step
         if len(opts) > 1 and self.loss.disc_active(step):
             opt_disc = opts[1]
             self.toggle_optimizer(opt_disc)
             d_loss, log_disc = self.loss.discriminator_term(x, xrec.detach(), step, None, "train")
-            self.manual_backward(d_loss / n_accum)
-            if step_now:
-                opt_disc.step()
-                opt_disc.zero_grad(set_to_none=True)
+            self.manual_backward((guard.observe(d_loss) if guard else d_loss) / n_accum)
             self.untoggle_optimizer(opt_disc)
+            stepping.append(opt_disc)
             log.update(log_disc)
 
         if step_now:
-            self.gan_step += 1
-            schedulers = self.lr_schedulers()
-            for scheduler in (schedulers if isinstance(schedulers, list) else [schedulers] if schedulers else []):
-                scheduler.step()
-            self.on_ae_step_end()
+            skipped = guard is not None and guard.decide(self, stepping, on_skip=self._restore_running_stats)
+            for opt in stepping:
+                if not skipped:  # a skipped step leaves weights, optimiser state, schedule and EMA as they were
+                    opt.step()
+                opt.zero_grad(set_to_none=True)
+            if not skipped:
+                self.gan_step += 1
+                schedulers = self.lr_schedulers()
+                for scheduler in (schedulers if isinstance(schedulers, list) else [schedulers] if schedulers else []):
+                    scheduler.step()
+                self.on_ae_step_end()
         log.update(self.extra_logs(aux, "train"))
         log["train/gan_step"] = torch.tensor(float(step))
         n = x.shape[0]
         self.log("train/rec_loss", log.pop("train/rec_loss"), prog_bar=True, on_step=True, on_epoch=False, batch_size=n)
         self.log_dict(log, prog_bar=False, on_step=True, on_epoch=False, batch_size=n)
         return ae_loss.detach()
+
+    def _restore_running_stats(self) -> None:
+        from ldm.callbacks.precision import restore_snapshot
+
+        restore_snapshot(getattr(self, "_running_stats", []))
 
     def on_ae_step_end(self) -> None:
         """Hook after each autoencoder update (the VQ model's weight EMA)."""
@@ -271,10 +297,12 @@ class AutoencoderKL(_AdversarialAutoencoder):
     def __init__(self, ddconfig: dict, lossconfig: dict | None, embed_dim: int, ckpt_path: str | None = None,
                  ignore_keys: Iterable[str] = (), image_key: str = "image", colorize_nlabels: int | None = None,
                  monitor: str | None = None, base_learning_rate: float | None = None, learn_logvar: bool = False,
-                 accumulate_grad_batches: int = 1, **unused: Any):
+                 accumulate_grad_batches: int = 1, skip_nonfinite: bool = True, max_nonfinite_steps: int = 10,
+                 **unused: Any):
         super().__init__()
         if unused:
             raise TypeError(f"AutoencoderKL: unknown parameters {sorted(unused)}")
+        self._setup_nonfinite_guard(skip_nonfinite, max_nonfinite_steps)
         if not ddconfig.get("double_z", True):
             raise ValueError("AutoencoderKL needs ddconfig.double_z: true (the encoder outputs mean and log-variance)")
         self._setup_common(ddconfig, lossconfig, image_key, colorize_nlabels, monitor, base_learning_rate,
@@ -330,10 +358,12 @@ class VQModel(_AdversarialAutoencoder):
                  batch_resize_range: tuple[int, int] | None = None, scheduler_config: dict | None = None,
                  lr_g_factor: float = 1.0, remap: str | None = None, sane_index_shape: bool = False,
                  use_ema: bool = False, base_learning_rate: float | None = None, beta: float = 0.25,
-                 quantizer_config: dict | None = None, accumulate_grad_batches: int = 1, **unused: Any):
+                 quantizer_config: dict | None = None, accumulate_grad_batches: int = 1, skip_nonfinite: bool = True,
+                 max_nonfinite_steps: int = 10, **unused: Any):
         super().__init__()
         if unused:
             raise TypeError(f"{type(self).__name__}: unknown parameters {sorted(unused)}")
+        self._setup_nonfinite_guard(skip_nonfinite, max_nonfinite_steps)
         self._setup_common(ddconfig, lossconfig, image_key, colorize_nlabels, monitor, base_learning_rate,
                            accumulate_grad_batches)
         self.embed_dim, self.n_embed = embed_dim, n_embed

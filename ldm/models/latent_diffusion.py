@@ -19,6 +19,7 @@ original (``encode`` if present, else ``forward``). ``conditioning_key`` routes 
 """
 from __future__ import annotations
 
+import math
 from typing import Any, Mapping, Sequence
 
 import torch
@@ -30,6 +31,17 @@ from ldm.util import ConfigError, instantiate_from_config
 
 UNCONDITIONAL = "__is_unconditional__"
 FIRST_STAGE = "__is_first_stage__"
+
+
+def check_loaded_scale_factor(value) -> None:
+    """A checkpoint's ``scale_factor`` must be finite: a NaN one (estimated from bad data by an older
+    version) would make every later step non-finite, and a loaded factor is never re-estimated."""
+    value = float(value)
+    if not math.isfinite(value):
+        raise ConfigError(
+            f"the checkpoint holds scale_factor={value}, which is not finite (it was estimated from NaN/Inf data); "
+            "it cannot be resumed. To re-estimate it from clean data, start a new run from these weights: "
+            "main.py -b CONFIG -t model.params.ckpt_path=CKPT 'model.params.ignore_keys=[scale_factor]'")
 
 
 def _freeze(module: nn.Module) -> nn.Module:
@@ -222,16 +234,26 @@ class LatentDiffusion(DDPM):
         if not self.scale_by_std:
             raise RuntimeError("estimate_scale_factor needs scale_by_std=True")
         stats = torch.zeros(3, dtype=torch.float64, device=self.device)
+        skipped = 0
         for batch in batches:
             mean, std = self.batch_latent_moments(batch)
             z = (mean + std * torch.randn_like(mean)).double()
+            if not bool(torch.isfinite(z).all()):  # a NaN/Inf image (or latent) must not decide the scale
+                skipped += 1
+                continue
             stats += torch.stack([z.sum(), z.square().sum(), torch.tensor(float(z.numel()), device=z.device, dtype=torch.float64)])
+        if skipped:
+            print(f"[{type(self).__name__}] scale_by_std: {skipped} batch(es) with non-finite latents ignored")
         stats = self._reduce_sum(stats)
         if stats[2] < 2:
-            raise RuntimeError("scale_by_std: no latents to estimate the standard deviation from")
+            raise RuntimeError("scale_by_std: no finite latents to estimate the standard deviation from "
+                               f"({skipped} batch(es) held non-finite values); check the data for NaN/Inf")
         mean = stats[0] / stats[2]
         var = (stats[1] - stats[2] * mean.square()) / (stats[2] - 1)
         value = float(1.0 / var.clamp_min(1e-12).sqrt())
+        if not math.isfinite(value):
+            raise RuntimeError(f"scale_by_std: the estimate is non-finite ({value}); check the data and the first "
+                               "stage for NaN/Inf (the scale factor was left unchanged)")
         self.scale_factor.fill_(value)
         self._scale_factor_fitted = True
         return value
@@ -261,6 +283,7 @@ class LatentDiffusion(DDPM):
         state_dict = dict(state_dict)
         if "scale_factor" in state_dict:
             if self.scale_by_std:
+                check_loaded_scale_factor(state_dict["scale_factor"])
                 self._scale_factor_fitted = True
             else:
                 loaded = float(state_dict.pop("scale_factor"))
