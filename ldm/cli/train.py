@@ -158,6 +158,7 @@ def _run(argv: Sequence[str] | None, now: str) -> RunResult:
     from lightning.fabric.utilities.exceptions import MisconfigurationException
 
     from ldm.callbacks.checkpoint_io import AtomicCheckpointIO
+    from ldm.callbacks.rng_state import RNGStateCheckpoint
     from ldm.callbacks.setup import SetupCallback
     from ldm.cli.components import build_callbacks, build_logger, build_model_checkpoint
 
@@ -185,6 +186,7 @@ def _run(argv: Sequence[str] | None, now: str) -> RunResult:
         callbacks.append(build_model_checkpoint(lightning_config.get("modelcheckpoint"), paths,
                                                 model_monitor=monitor, has_validation=has_validation))
 
+    callbacks.append(RNGStateCheckpoint())  # a resume continues the random streams of the run that stopped
     lightning_config.trainer = OmegaConf.create(trainer_kwargs)
     callbacks.insert(0, SetupCallback(resume=str(paths.resume_ckpt or ""), now=paths.now, logdir=str(paths.logdir),
                                       ckptdir=str(paths.ckptdir), cfgdir=str(paths.cfgdir), config=config,

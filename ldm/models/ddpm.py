@@ -112,7 +112,6 @@ class DDPM(L.LightningModule):
             from ldm.modules.ema import LitEma
 
             self.model_ema = LitEma(self.model, decay=ema_decay, use_num_updates=ema_warmup)
-        self._last_ema_step = -1
         self.use_scheduler = scheduler_config is not None
         self.scheduler_config = scheduler_config
         self.optimizer_config = optimizer_config
@@ -206,15 +205,17 @@ class DDPM(L.LightningModule):
             if context is not None:
                 print(f"{context}: restored training weights")
 
-    def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
-        # one EMA step per optimiser step (gradient accumulation steps once per global step);
-        # none after a step the non-finite guard skipped (the weights did not change)
-        if self.use_ema and self.global_step != self._last_ema_step:
-            self._last_ema_step = self.global_step
-            guard = self.nonfinite_guard
-            if guard is not None and guard.last_step_skipped:
-                guard.last_step_skipped = False
-                return
+    def optimizer_step(self, epoch, batch_idx, optimizer, optimizer_closure=None) -> None:
+        """The optimiser step, then one EMA step (gradient accumulation: once per global step). Here
+        rather than in ``on_train_batch_end`` (which runs after the checkpoint callbacks) so that a
+        checkpoint of step k holds the EMA of step k and a resume loses no EMA update. None after a
+        step the non-finite guard skipped (the weights did not change)."""
+        super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
+        guard = self.nonfinite_guard
+        skipped = guard is not None and guard.last_step_skipped
+        if guard is not None:
+            guard.last_step_skipped = False
+        if self.use_ema and not skipped:
             self.model_ema(self.model)
 
     def on_before_optimizer_step(self, optimizer) -> None:
