@@ -66,4 +66,8 @@ class SetupCallback(L.Callback):
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if trainer.global_rank == 0:
+            from ldm.callbacks.checkpoint_io import remove_stale_temporaries
+
+            for path in remove_stale_temporaries(self.ckptdir):
+                rank_zero_info(f"removed {path}, left by an interrupted checkpoint write")
             self.write()

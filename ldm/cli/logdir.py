@@ -84,6 +84,39 @@ def resolve_run_paths(*, resume: str, name: str, postfix: str, base: list[str], 
     return RunPaths(logdir=Path(logdir_root) / nowname, nowname=nowname, now=now)
 
 
+def reserve_run_directory(paths: RunPaths) -> RunPaths:
+    """Create a new run's directory exclusively, so that two runs never share one.
+
+    Two starts in the same second with the same name would otherwise write into one directory
+    (checkpoints overwritten, both configs merged by a later ``-r``). ``os.mkdir`` fails when the
+    directory exists; the second run then takes ``<name>_1``, ``_2``, ... . A directory that cannot
+    be created (a read-only ``-l``) is a :class:`CLIError`, before anything is built.
+    """
+    root, name = paths.logdir.parent, paths.logdir.name
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        for n in range(10_000):
+            candidate = root / (name if n == 0 else f"{name}_{n}")
+            try:
+                os.mkdir(candidate)
+            except FileExistsError:
+                continue
+            paths.logdir, paths.nowname = candidate, candidate.name
+            return paths
+    except OSError as err:
+        raise CLIError(f"-l/--logdir: cannot create the run directory under {root}: {err.strerror or err}; "
+                       "pass a writable directory with -l DIR") from err
+    raise CLIError(f"-l/--logdir: {root} already holds 10000 runs named {name}; pick another -n/--name")
+
+
+def check_writable_run(logdir: Path) -> None:
+    """A resumed run writes into its own directory: refuse a read-only one before training."""
+    for directory in (logdir, logdir / "checkpoints"):
+        if directory.is_dir() and not os.access(directory, os.W_OK | os.X_OK):
+            raise CLIError(f"-r/--resume: {directory} is not writable; the resumed run could not save checkpoints "
+                           "(fix its permissions, or copy the run to a writable place and resume the copy)")
+
+
 def move_to_debug_runs(logdir: Path) -> Path | None:
     """``-d``: move ``<root>/<run>`` to ``<root>/debug_runs/<run>`` (original behaviour)."""
     logdir = Path(logdir)

@@ -29,7 +29,14 @@ from ldm.cli.config import (
     require_section,
     split_lightning,
 )
-from ldm.cli.logdir import RunPaths, move_to_debug_runs, resolve_run_paths, timestamp
+from ldm.cli.logdir import (
+    RunPaths,
+    check_writable_run,
+    move_to_debug_runs,
+    reserve_run_directory,
+    resolve_run_paths,
+    timestamp,
+)
 from ldm.util import ConfigError, instantiate_from_config
 
 
@@ -103,6 +110,7 @@ def configure_learning_rate(model: Any, config: Mapping, trainer: Any, scale_lr:
 # Under DDP Lightning re-launches this script once per extra local rank; they inherit the
 # environment, so they read the parent's timestamp and agree on the run directory.
 _RUN_TIMESTAMP_ENV = "LDM_RUN_TIMESTAMP"
+_RUN_DIR_ENV = "LDM_RUN_DIR"  # the directory the parent reserved (it may carry a collision suffix)
 
 
 def move_accumulation_into_manual_model(model: Any, trainer_kwargs: dict) -> None:
@@ -124,13 +132,26 @@ def run(argv: Sequence[str] | None = None) -> RunResult:
     now = inherited or timestamp()
     os.environ[_RUN_TIMESTAMP_ENV] = now
     try:
-        return _run(argv, now)
+        return _run(argv, now, child=inherited is not None)
+    except BaseException:
+        reserved = os.environ.get(_RUN_DIR_ENV)
+        if inherited is None and reserved:
+            _remove_if_empty(Path(reserved))  # a run that failed before writing anything leaves no trace
+        raise
     finally:
         if inherited is None:
             os.environ.pop(_RUN_TIMESTAMP_ENV, None)
+            os.environ.pop(_RUN_DIR_ENV, None)
 
 
-def _run(argv: Sequence[str] | None, now: str) -> RunResult:
+def _remove_if_empty(directory: Path) -> None:
+    try:
+        directory.rmdir()
+    except OSError:
+        pass
+
+
+def _run(argv: Sequence[str] | None, now: str, child: bool = False) -> RunResult:
     opt, dotlist = parse_args(argv)
     if opt.gpus is not None:  # fail fast, before building anything
         gpus = parse_gpus(opt.gpus)
@@ -153,6 +174,15 @@ def _run(argv: Sequence[str] | None, now: str) -> RunResult:
     trainer_kwargs, notes = build_trainer_kwargs(lightning_config.get("trainer"), trainer_overrides(opt), opt.gpus)
     for note in notes:
         print(f"note: {note}")
+    if paths.resume_ckpt is not None:
+        check_writable_run(paths.logdir)
+    elif child:  # a DDP rank started by Lightning: the parent's directory
+        reserved = os.environ.get(_RUN_DIR_ENV)
+        if reserved:
+            paths.logdir, paths.nowname = Path(reserved), Path(reserved).name
+    else:
+        reserve_run_directory(paths)
+        os.environ[_RUN_DIR_ENV] = str(paths.logdir)
 
     import lightning as L
     from lightning.fabric.utilities.exceptions import MisconfigurationException
