@@ -70,6 +70,9 @@ def resolve_target(target: str) -> Any:
     if not isinstance(target, str) or "." not in target:
         raise ConfigError(f"target must be a dotted path such as 'pkg.module.Class', got {target!r}")
     path = modern_target(target)
+    from ldm.config_trust import check_target_path
+
+    check_target_path(target, path)  # restricted configs: refused before anything is imported
     module_name, _, attr = path.rpartition(".")
     try:
         module = importlib.import_module(module_name)
@@ -113,7 +116,10 @@ def instantiate_from_config(config: Mapping | None, *, node: str = "config", **e
     try:
         cls = resolve_target(target)
     except ConfigError as err:
-        raise ConfigError(f"{node}: {err}") from err
+        raise type(err)(f"{node}: {err}") from err
+    from ldm.config_trust import check_built_object
+
+    check_built_object(target, modern_target(target), cls, params)
     try:
         return cls(**params, **extra)
     except TypeError as err:

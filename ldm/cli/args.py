@@ -179,6 +179,11 @@ def build_parser() -> argparse.ArgumentParser:
                      help="initialise model weights from a checkpoint (.ckpt/.pt/.safetensors); no trainer state")
     run.add_argument("--unsafe-load", "--unsafe_load", dest="unsafe_load", action="store_true",
                      help="allow full unpickling of checkpoints (only for files you trust)")
+    run.add_argument("--trust-config", "--trust_config", dest="trust_config", action="store_true",
+                     help="with -r: build any target the run's configs name (default: ldm, torch, torchvision, "
+                          "lightning and --allow-target modules only)")
+    run.add_argument("--allow-target", "--allow_target", dest="allow_target", action="append", default=[],
+                     metavar="MODULE", help="with -r: also allow config targets from this module (repeatable)")
     run.add_argument("--logger", type=str, choices=LOGGER_CHOICES, default=None,
                      help="logger (default: the config's lightning.logger, else csv)")
 

@@ -43,6 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--limit", type=int, default=None, help="encode only the first N samples")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing cache in --out")
     parser.add_argument("--unsafe-load", action="store_true", help="allow pickled checkpoints you trust")
+    from ldm.config_trust import add_trust_arguments
+
+    add_trust_arguments(parser)
     return parser
 
 
@@ -135,10 +138,18 @@ def _freeze_augmentation(node: dict) -> list[str]:
 
 
 def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    from ldm.config_trust import trust_policy
+
+    args = build_parser().parse_args(argv)
+    sources = " ".join(str(p) for p in (args.config, args.data_config) if p)
+    with trust_policy(args.trust_config, args.allow_target, source=sources):
+        return _run(args, argv)
+
+
+def _run(args: argparse.Namespace, argv: Sequence[str] | None) -> dict[str, Any]:
     from ldm.data.latent_cache import encode_dataset, file_sha256
     from ldm.util import instantiate_from_config
 
-    args = build_parser().parse_args(argv)
     for flag in ("batch_size", "shard_size"):
         if getattr(args, flag) < 1:
             raise ValueError(f"--{flag.replace('_', '-')} must be >= 1")
@@ -186,12 +197,14 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from ldm.checkpoint import UnsafeCheckpointError
     from ldm.data.latent_cache import LatentCacheError
     from ldm.util import ConfigError
 
     try:
         run(argv)
-    except (ConfigError, LatentCacheError, FileNotFoundError, FileExistsError, ValueError, KeyError, TypeError) as err:
+    except (ConfigError, LatentCacheError, FileNotFoundError, FileExistsError, ValueError, KeyError, TypeError,
+            UnsafeCheckpointError) as err:
         print(f"cache_latents: error: {err}", file=sys.stderr)
         return 2
     return 0

@@ -242,6 +242,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--pr-k", type=int, default=3, help="k of the k-NN radii for precision/recall")
     parser.add_argument("--autoencoder-config", help="autoencoder config (YAML, 'model:' section or root node)")
     parser.add_argument("--autoencoder-ckpt", help="autoencoder weights (.ckpt/.pt/.safetensors)")
+    from ldm.config_trust import add_trust_arguments
+
+    add_trust_arguments(parser)
     parser.add_argument("--lpips-backbone", default="vgg", choices=("vgg", "random"),
                         help="vgg: LPIPS-VGG with torchvision's ImageNet VGG-16 (needs its weights); "
                              "random: fixed-seed random trunk, offline smoke tests only")
@@ -366,7 +369,11 @@ def run(argv: Sequence[str] | None = None) -> dict:
     if args.device is None:
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
     started = time.time()
-    report = evaluate_reconstructions(args) if args.autoencoder_config else evaluate_generated(args)
+    from ldm.config_trust import trust_policy
+
+    sources = " ".join(str(p) for p in (args.autoencoder_config, args.reference_config) if p) or "the config"
+    with trust_policy(args.trust_config, args.allow_target, source=sources):
+        report = evaluate_reconstructions(args) if args.autoencoder_config else evaluate_generated(args)
     report["settings"] = {
         "feature_extractor": args.feature_extractor, "num_samples": args.num_samples, "batch_size": args.batch_size,
         "image_size": args.image_size, "seed": args.seed, "kid_subsets": args.kid_subsets,
@@ -384,7 +391,9 @@ def run(argv: Sequence[str] | None = None) -> dict:
 
 def _user_errors() -> tuple[type[BaseException], ...]:
     """Errors that mean "bad input or missing file/weights": reported as one message, exit code 2."""
-    errors: list[type[BaseException]] = [ValueError, OSError, ImportError]
+    from ldm.checkpoint import UnsafeCheckpointError
+
+    errors: list[type[BaseException]] = [ValueError, OSError, ImportError, UnsafeCheckpointError]
     try:
         from ldm.modules.losses.lpips import LPIPSWeightsError
 

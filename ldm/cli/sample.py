@@ -67,6 +67,9 @@ def _common_parser() -> argparse.ArgumentParser:
     model.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps (default auto)")
     model.add_argument("--unsafe-load", "--unsafe_load", dest="unsafe_load", action="store_true",
                        help="allow full unpickling of a checkpoint you trust")
+    from ldm.config_trust import add_trust_arguments
+
+    add_trust_arguments(model)
     sampling = common.add_argument_group("sampling")
     sampling.add_argument("--sampler", default=None, help=f"{' | '.join(SAMPLER_CHOICES[:4])} "
                                                           "(default: the model's sampler_config, else ddim)")
@@ -221,8 +224,11 @@ def run(argv: Sequence[str] | None = None) -> SampleResult:
     from ldm.cli.sampling_model import (conditioning_kind, describe, downsample_mask, encode_images,
                                         first_stage_factor, grid_rows, image_channels, latent_shape)
 
-    loaded = load_model(run=args.run, ckpt=args.ckpt, config=args.config, device=args.device,
-                        trust_checkpoint=args.unsafe_load)
+    from ldm.config_trust import trust_policy
+
+    with trust_policy(args.trust_config, args.allow_target, source=args.run or " ".join(args.config) or "the config"):
+        loaded = load_model(run=args.run, ckpt=args.ckpt, config=args.config, device=args.device,
+                            trust_checkpoint=args.unsafe_load)
     model = loaded.model
     for note in loaded.notes:
         print(f"note: {note}")

@@ -152,7 +152,16 @@ def _remove_if_empty(directory: Path) -> None:
 
 
 def _run(argv: Sequence[str] | None, now: str, child: bool = False) -> RunResult:
+    from ldm.config_trust import trust_policy
+
     opt, dotlist = parse_args(argv)
+    # a resumed run's configs/ may come from anyone with write access to the run folder: allow-listed targets only
+    source = f"the configs of {opt.resume} (-r)"
+    with trust_policy(opt.trust_config or not opt.resume, opt.allow_target, source=source):
+        return _run_parsed(opt, dotlist, now, child)
+
+
+def _run_parsed(opt, dotlist: list[str], now: str, child: bool) -> RunResult:
     if opt.gpus is not None:  # fail fast, before building anything
         gpus = parse_gpus(opt.gpus)
         if gpus is not None:
