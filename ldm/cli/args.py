@@ -159,8 +159,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("-n", "--name", type=str, default="", help="postfix for the log directory name")
     run.add_argument("-r", "--resume", type=str, default="",
                      help="resume from a log directory or a checkpoint inside one (configs and full trainer state)")
-    run.add_argument("-b", "--base", nargs="*", metavar="base_config.yaml", default=[],
-                     help="config files, merged left to right; later files and KEY=VALUE overrides win")
+    run.add_argument("-b", "--base", nargs="*", action="extend", metavar="base_config.yaml", default=[],
+                     help="config files, merged left to right; later files and KEY=VALUE overrides win "
+                          "(-b a.yaml -b b.yaml is -b a.yaml b.yaml)")
+    run.add_argument("--allow-unknown-keys", "--allow_unknown_keys", dest="allow_unknown_keys", action="store_true",
+                     help="report unknown config keys as notes instead of errors (deliberate extras)")
     run.add_argument("-t", "--train", action=OptionalBool, default=False, help="train")
     run.add_argument("--no-test", "--no_test", dest="no_test", action=OptionalBool, default=False,
                      help="skip testing after training")

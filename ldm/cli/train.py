@@ -177,7 +177,12 @@ def _run_parsed(opt, dotlist: list[str], now: str, child: bool) -> RunResult:
     config_files = [str(p) for p in paths.resumed_configs] + list(opt.base)
     if not config_files:
         raise ConfigError("no config given: pass one or more -b/--base config.yaml (or -r a run with configs/)")
-    config, lightning_config = split_lightning(merge_configs(config_files, dotlist))
+    merged = merge_configs(config_files, dotlist)
+    from ldm.cli.config_validation import validate_config
+
+    for note in validate_config(merged, config_files, dotlist, allow_unknown=opt.allow_unknown_keys):
+        print(f"note: {note}")
+    config, lightning_config = split_lightning(merged)
     model_config = require_section(config, "model")
     data_config = require_section(config, "data")
     trainer_kwargs, notes = build_trainer_kwargs(lightning_config.get("trainer"), trainer_overrides(opt), opt.gpus)
