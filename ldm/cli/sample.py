@@ -230,6 +230,10 @@ def run(argv: Sequence[str] | None = None) -> SampleResult:
         loaded = load_model(run=args.run, ckpt=args.ckpt, config=args.config, device=args.device,
                             trust_checkpoint=args.unsafe_load)
     model = loaded.model
+    if not callable(getattr(model, "run_sampler", None)):
+        raise SampleError(f"{args.run or args.ckpt} holds a {type(model).__name__}, not a diffusion model: sample draws "
+                          "from DDPM / LatentDiffusion runs. For an autoencoder, check its reconstructions with "
+                          "python -m ldm.cli.evaluate --autoencoder-config ... --autoencoder-ckpt ...")
     for note in loaded.notes:
         print(f"note: {note}")
     kind = conditioning_kind(model)

@@ -218,6 +218,10 @@ def _run_parsed(opt, dotlist: list[str], now: str, child: bool) -> RunResult:
     has_validation = (split_declared(data_config, datamodule, "validation") and has_step(model, "validation_step")
                       and trainer_kwargs.get("limit_val_batches", 1) != 0)
     has_test = split_declared(data_config, datamodule, "test") and has_step(model, "test_step")
+    from ldm.cli.preflight import preflight
+
+    for note in preflight(model, datamodule, trainer_kwargs, has_validation=has_validation, training=opt.train):
+        print(f"note: {note}")
 
     logger = build_logger(lightning_config.get("logger"), opt.logger, paths, project=opt.project, debug=opt.debug) \
         if trainer_kwargs.pop("logger", True) is not False else False
@@ -270,8 +274,10 @@ def main(argv: Sequence[str] | None = None) -> RunResult:
         _fail(err)
     except RuntimeError as err:
         from ldm.checkpoint import UnsafeCheckpointError  # imports torch: not needed for --help
+        from ldm.data.latent_cache import LatentCacheError
+        from ldm.modules.losses.lpips import LPIPSWeightsError
 
-        if isinstance(err, UnsafeCheckpointError):
+        if isinstance(err, (UnsafeCheckpointError, LatentCacheError, LPIPSWeightsError)):
             _fail(err)
         raise
 

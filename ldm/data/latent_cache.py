@@ -347,12 +347,26 @@ def read_manifest(path: str | os.PathLike) -> dict[str, Any]:
 def _mismatch_message(root: Path, manifest: Mapping, given: str) -> str:
     cached = manifest["first_stage"]["state_dict_sha256"]
     command = manifest.get("command")
-    rebuild = " ".join(command) if isinstance(command, list) else "python -m ldm.cli.cache_latents --config ..."
-    return (f"latent cache {root} was encoded by a different first stage:\n"
-            f"  cache manifest first-stage sha256: {cached}\n"
-            f"  this model's first-stage sha256:   {given}\n"
-            f"Its latents do not belong to this model's latent space. Rebuild the cache with this model's first stage "
-            f"(--config/--ckpt of this model), e.g.\n  {rebuild} --overwrite")
+    rebuild = _rebuild_command(command) if isinstance(command, list) else "python -m ldm.cli.cache_latents --config ..."
+    return (f"latent cache {root} was encoded by a different first stage (cache manifest first-stage sha256 "
+            f"{cached}, this model's {given}): its latents do not belong to this model's latent space. Rebuild the "
+            f"cache with this model's first stage: {rebuild} --ckpt <this model's first-stage checkpoint> --overwrite")
+
+
+def _rebuild_command(command: list) -> str:
+    """The cache's own command without the ``--ckpt`` (that first stage is the wrong one) and ``--overwrite``."""
+    kept, skip = [], False
+    for item in map(str, command):
+        if skip:
+            skip = False
+            continue
+        if item == "--ckpt":
+            skip = True
+            continue
+        if item.startswith("--ckpt=") or item == "--overwrite":
+            continue
+        kept.append(item)
+    return " ".join(kept)
 
 
 class LatentCacheDataset(Dataset):

@@ -107,6 +107,7 @@ class DDPM(L.LightningModule):
         self.use_positional_encodings = use_positional_encodings
         self.conditioning_key = check_conditioning_key(conditioning_key)
         self.model = DiffusionWrapper(unet_config, conditioning_key)
+        self._check_learned_variance_channels()
         self.use_ema = use_ema
         if use_ema:
             from ldm.modules.ema import LitEma
@@ -138,6 +139,18 @@ class DDPM(L.LightningModule):
             self.init_from_ckpt(ckpt_path, ignore_keys=ignore_keys, only_model=load_only_unet,
                                 trust_checkpoint=trust_checkpoint)
         self._configure_speed(channels_last, compile, gradient_checkpointing, skip_nonfinite, max_nonfinite_steps)
+
+    def _check_learned_variance_channels(self) -> None:
+        """Learned variances (Improved DDPM Sec. 3.1) need the UNet to output 2 x channels (mean, v):
+        refuse a wrong ``out_channels`` when the model is built, not at the first training step."""
+        out_channels = getattr(self.model.diffusion_model, "out_channels", None)
+        if self.variance_type in ("learned", "learned_range") and isinstance(out_channels, int) \
+                and out_channels != 2 * self.channels:
+            from ldm.util import ConfigError
+
+            raise ConfigError(f"variance_type={self.variance_type} needs unet_config.params.out_channels = 2 x channels "
+                              f"= {2 * self.channels} (the model predicts the mean and the variance), got "
+                              f"{out_channels}; set model.params.unet_config.params.out_channels={2 * self.channels}")
 
     def _configure_speed(self, channels_last, compile, gradient_checkpointing, skip_nonfinite,
                          max_nonfinite_steps) -> None:

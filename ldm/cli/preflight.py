@@ -1,0 +1,66 @@
+"""Checks ``main.py`` runs after building the model and data, before the Trainer starts.
+
+Each turns a failure that used to come as a traceback — often only after training had started and an
+emergency checkpoint had been written — into one ``error:`` line with the remedy:
+
+* the training / validation datasets are built here, so missing dataset files are reported up front;
+* a latent cache must have been encoded by this model's first stage (``verify_first_stage``);
+* ``val_check_interval`` without validation data is dropped (it means nothing there); with validation
+  data an integer interval larger than the number of training batches per epoch is an error.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from ldm.util import ConfigError
+
+
+def _dataset(datamodule: Any, split: str) -> Any:
+    configs = getattr(datamodule, "dataset_configs", None)
+    if not isinstance(configs, dict) or split not in configs or not callable(getattr(datamodule, "dataset", None)):
+        return None
+    try:
+        dataset = datamodule.dataset(split)
+    except FileNotFoundError as err:
+        raise ConfigError(f"data.params.{split}: {err}") from err
+    return getattr(dataset, "data", dataset)  # WrappedDataset
+
+
+def _train_batches(datamodule: Any, dataset: Any, trainer_kwargs: dict) -> int | None:
+    try:
+        length = len(dataset)
+    except TypeError:
+        return None
+    batch_size = int(getattr(datamodule, "batch_size", 1) or 1)
+    batches = length // batch_size if getattr(datamodule, "drop_last", False) else math.ceil(length / batch_size)
+    limit = trainer_kwargs.get("limit_train_batches")
+    if isinstance(limit, int) and not isinstance(limit, bool):
+        batches = min(batches, limit)
+    elif isinstance(limit, float):
+        batches = int(batches * limit)
+    return batches
+
+
+def preflight(model: Any, datamodule: Any, trainer_kwargs: dict, *, has_validation: bool, training: bool) -> list[str]:
+    """Raise :class:`ConfigError` for a run that cannot work; return notes. Edits ``trainer_kwargs``."""
+    notes: list[str] = []
+    train = _dataset(datamodule, "train") if training else None
+    if has_validation:
+        _dataset(datamodule, "validation")
+    first_stage = getattr(model, "first_stage_model", None)
+    if train is not None and first_stage is not None and callable(getattr(train, "verify_first_stage", None)):
+        train.verify_first_stage(first_stage)
+    interval = trainer_kwargs.get("val_check_interval")
+    if interval is not None and training:
+        if not has_validation:
+            trainer_kwargs.pop("val_check_interval")
+            notes.append(f"lightning.trainer.val_check_interval={interval} ignored: there is no validation data")
+        elif isinstance(interval, int) and not isinstance(interval, bool) and train is not None:
+            batches = _train_batches(datamodule, train, trainer_kwargs)
+            if batches is not None and interval > batches:
+                raise ConfigError(
+                    f"lightning.trainer.val_check_interval={interval} is more than the {batches} training batches "
+                    "of an epoch; lower it (e.g. lightning.trainer.val_check_interval={batches}) or give a fraction "
+                    "of an epoch such as 1.0".replace("{batches}", str(batches)))
+    return notes
