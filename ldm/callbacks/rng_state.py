@@ -9,8 +9,9 @@ state — after the model is built, before the training data iterator is created
 only: under DDP only rank 0's state is saved, so the ranks keep their seeded generators.
 
 Exact continuation also needs the data order: Lightning restarts the epoch of a data loader without
-``state_dict`` on resume, so a checkpoint written mid-epoch resumes with a new shuffle (one written at
-an epoch's end continues exactly).
+``state_dict`` on resume, with a new shuffle, so a shuffled multi-batch epoch is not reproduced (even
+from a checkpoint written at an epoch's end, measured on the tiny test LDM); data whose order does not
+depend on the stop (one batch per epoch, no shuffling) continues exactly.
 
 Checkpoints without this entry (older runs, other tools) resume as before.
 """
