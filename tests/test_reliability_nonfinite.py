@@ -59,7 +59,8 @@ def test_autoencoder_skips_nan_batches_and_keeps_finite_weights():
 
 def test_autoencoder_stops_after_max_nonfinite_steps_in_a_row_with_weights_untouched():
     model = VQModel(tiny_ddconfig(double_z=False), loss_config("VQLPIPSWithDiscriminator", disc_start=0),
-                    n_embed=8, embed_dim=4, use_ema=True, max_nonfinite_steps=3)
+                    n_embed=8, embed_dim=4, use_ema=True, max_nonfinite_steps=3,
+                    quantizer_config={"use_ema": True})  # the codebook EMA runs in the forward pass
     before = {k: v.clone() for k, v in model.state_dict().items()}
     with pytest.warns(RuntimeWarning), pytest.raises(NonFiniteLossError, match="3 consecutive"):
         trainer(max_steps=10).fit(model, DataLoader(PoisonedBlobs(8, every=1), batch_size=2))

@@ -103,16 +103,14 @@ def _uses_grad_scaler(trainer) -> bool:
     return trainer is not None and getattr(trainer.precision_plugin, "scaler", None) is not None
 
 
-def running_stats_snapshot(module: nn.Module) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """Copies of the batch-norm running statistics of ``module`` (the only state a forward pass changes):
-    a skipped step puts them back with :func:`restore_snapshot`, so a NaN batch leaves no trace."""
-    pairs = []
-    for sub in module.modules():
-        if isinstance(sub, nn.modules.batchnorm._NormBase) and sub.track_running_stats:
-            for buffer in (sub.running_mean, sub.running_var, sub.num_batches_tracked):
-                if buffer is not None:
-                    pairs.append((buffer, buffer.detach().clone()))
-    return pairs
+def running_stats_snapshot(module: nn.Module, skip: tuple[str, ...] = ("model_ema.",)) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Copies of the buffers of ``module`` that a training forward pass may change (batch-norm running
+    statistics, a quantiser's EMA codebook, ...; the weight EMA under ``skip`` is updated only after a
+    good step): a skipped step puts them back with :func:`restore_snapshot`, so a NaN batch leaves no trace."""
+    tensors = [buffer for name, buffer in module.named_buffers() if not name.startswith(skip)]
+    # a quantiser with an EMA codebook also writes its embedding weights in the forward pass
+    tensors += [p for sub in module.modules() if callable(getattr(sub, "ema_update", None)) for p in sub.parameters()]
+    return [(tensor, tensor.detach().clone()) for tensor in tensors]
 
 
 @torch.no_grad()

@@ -172,14 +172,14 @@ class _AdversarialAutoencoder(L.LightningModule):
         opts = self._optimizers()
         opt_ae = opts[0]
         step = self.gan_step  # constant within an accumulation window
-        x = self.get_input(batch, self.image_key)
-        xrec, aux = self.reconstruct(x, sample=True)  # the one autoencoder forward of this batch
-
         guard = self.nonfinite_guard  # a NaN/Inf loss is zeroed here and its step skipped below
-        if guard is not None and batch_idx % n_accum == 0:  # the discriminator's batch-norm statistics
+        if guard is not None and batch_idx % n_accum == 0:  # state the forward passes change (BN, codebook EMA)
             from ldm.callbacks.precision import running_stats_snapshot
 
             self._running_stats = running_stats_snapshot(self)
+        x = self.get_input(batch, self.image_key)
+        xrec, aux = self.reconstruct(x, sample=True)  # the one autoencoder forward of this batch
+
         self.toggle_optimizer(opt_ae)
         ae_loss, log = self.ae_loss(x, xrec, aux, "train", self.get_last_layer())
         self.manual_backward((guard.observe(ae_loss) if guard else ae_loss) / n_accum)
