@@ -71,6 +71,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     import lightning as L
 
+    from ldm.precision import resolve_trainer_precision
+
     if args.threads:
         torch.set_num_threads(args.threads)
     L.seed_everything(args.seed, workers=True)
@@ -82,6 +84,7 @@ def main(argv: list[str] | None = None) -> dict:
         trainer_cfg["max_time"] = {"seconds": int(args.minutes * 60)}
     trainer_cfg.update(logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
     trainer_cfg.setdefault("accelerator", "cpu")
+    resolve_trainer_precision(trainer_cfg)  # the demo configs say precision: auto
     trainer_cfg.pop("val_check_interval", None)
     trainer_cfg["limit_val_batches"] = 0  # evaluation happens once, below, on the full validation set
     train_loader = DataLoader(train, batch_size=batch_size, shuffle=True, num_workers=0, drop_last=True)

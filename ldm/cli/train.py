@@ -151,7 +151,10 @@ def _run(argv: Sequence[str] | None, now: str) -> RunResult:
     model_config = require_section(config, "model")
     data_config = require_section(config, "data")
     trainer_kwargs, notes = build_trainer_kwargs(lightning_config.get("trainer"), trainer_overrides(opt), opt.gpus)
-    for note in notes:
+    from ldm.precision import resolve_trainer_precision
+
+    notes.append(resolve_trainer_precision(trainer_kwargs))  # --precision auto; warns on slow CPU bf16
+    for note in filter(None, notes):
         print(f"note: {note}")
 
     import lightning as L
@@ -195,6 +198,11 @@ def _run(argv: Sequence[str] | None, now: str) -> RunResult:
                             default_root_dir=str(paths.logdir))
     except (MisconfigurationException, ValueError, RuntimeError) as err:
         raise CLIError(f"cannot build the Trainer from {trainer_kwargs}: {str(err).splitlines()[0]}") from err
+    from ldm.distributed import apply_model_ddp_requests
+
+    ddp_note = apply_model_ddp_requests(trainer.strategy, model)
+    if ddp_note and trainer.is_global_zero:
+        print(f"note: {ddp_note}")
 
     base_lr, lr = configure_learning_rate(model, config, trainer, opt.scale_lr)
     try:

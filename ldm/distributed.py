@@ -1,0 +1,51 @@
+"""What a model asks of Lightning's DDP strategy.
+
+DDP registers a gradient hook on every trainable parameter and, by default
+(``find_unused_parameters=False``), expects each of them to receive a gradient in every backward
+pass; a parameter that does not makes the next step fail ("parameters that were not used in
+producing the loss"). The GAN autoencoders (LDM Eq. (25)) never satisfy that: with manual
+optimisation each batch runs two backward passes, the autoencoder loss (the discriminator is frozen
+by ``toggle_optimizer``, and idle altogether before ``disc_start``) and the discriminator loss (on a
+detached reconstruction, so the encoder and decoder get no gradient). Which parameters are used
+also changes at ``disc_start``, so DDP's ``static_graph`` does not fit either.
+
+So a LightningModule may declare, as a class attribute::
+
+    ddp_find_unused_parameters = True
+
+and :func:`apply_model_ddp_requests` (called by ``main.py`` once the Trainer is built, before
+``fit`` wraps the model) turns the flag on in a DDP strategy the user did not configure explicitly:
+plain ``--strategy ddp``, ``--gpus 0,1``, ``strategy: auto`` on several devices, ``torchrun`` and
+SLURM all work unchanged. An explicit ``ddp_find_unused_parameters_false`` (or a ``DDPStrategy``
+object with the flag set) is left alone. The cost is one traversal of the autograd graph per
+backward pass to find the unused parameters: small next to the autoencoder's convolutions.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["apply_model_ddp_requests", "wants_find_unused_parameters"]
+
+
+def wants_find_unused_parameters(model: Any) -> bool:
+    return bool(getattr(model, "ddp_find_unused_parameters", False))
+
+
+def apply_model_ddp_requests(strategy: Any, model: Any) -> str | None:
+    """Enable ``find_unused_parameters`` on ``strategy`` when ``model`` asks for it; returns a note
+    for the user when something changed, else ``None``."""
+    from lightning.pytorch.strategies import DDPStrategy
+
+    if not isinstance(strategy, DDPStrategy) or not wants_find_unused_parameters(model):
+        return None
+    # Lightning keeps the DistributedDataParallel kwargs here until setup() wraps the model; the
+    # registered "ddp_find_unused_parameters_{true,false}" names fill the same mapping.
+    ddp_kwargs = getattr(strategy, "_ddp_kwargs", None)
+    if not isinstance(ddp_kwargs, dict):
+        raise RuntimeError(f"{type(model).__name__} needs DDP(find_unused_parameters=True) but this Lightning "
+                           "version hides the DDP arguments; use --strategy ddp_find_unused_parameters_true")
+    if "find_unused_parameters" in ddp_kwargs:  # the user chose explicitly
+        return None
+    ddp_kwargs["find_unused_parameters"] = True
+    return (f"{type(model).__name__} leaves some parameters without gradient in a backward pass "
+            "(GAN: two optimisers): DDP runs with find_unused_parameters=True")
