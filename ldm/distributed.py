@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["apply_model_ddp_requests", "wants_find_unused_parameters"]
+__all__ = ["apply_model_ddp_requests", "average_buffers", "wants_find_unused_parameters"]
 
 
 def wants_find_unused_parameters(model: Any) -> bool:
@@ -49,3 +49,19 @@ def apply_model_ddp_requests(strategy: Any, model: Any) -> str | None:
     ddp_kwargs["find_unused_parameters"] = True
     return (f"{type(model).__name__} leaves some parameters without gradient in a backward pass "
             "(GAN: two optimisers): DDP runs with find_unused_parameters=True")
+
+
+def average_buffers(module: Any, strategy: Any) -> int:
+    """Replace every floating-point buffer of ``module`` by its mean over all ranks; returns how many.
+
+    DDP keeps parameters identical through the gradient all-reduce, but buffers a training forward
+    updates locally (the PatchGAN discriminator's BatchNorm running statistics) drift apart between
+    its start-of-forward broadcasts. Averaging them after each step keeps the replicas identical, so
+    validation and checkpoints see the same statistics on every rank (estimated from all ranks' data).
+    """
+    if getattr(strategy, "world_size", 1) <= 1:
+        return 0
+    buffers = [b for b in module.buffers() if b.is_floating_point()]
+    for buffer in buffers:
+        buffer.copy_(strategy.reduce(buffer.detach().clone(), reduce_op="mean"))
+    return len(buffers)

@@ -202,6 +202,12 @@ class _AdversarialAutoencoder(L.LightningModule):
     def on_ae_step_end(self) -> None:
         """Hook after each autoencoder update (the VQ model's weight EMA)."""
 
+    def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
+        if self.has_discriminator and self._trainer is not None:  # BatchNorm statistics: same on every rank
+            from ldm.distributed import average_buffers
+
+            average_buffers(self.loss.discriminator, self.trainer.strategy)
+
     # -- validation -------------------------------------------------------------------------------------
     def _metrics(self):
         if not hasattr(self, "_val_metrics"):
