@@ -192,8 +192,10 @@ def _run(argv: Sequence[str] | None, now: str) -> RunResult:
     callbacks.insert(0, SetupCallback(resume=str(paths.resume_ckpt or ""), now=paths.now, logdir=str(paths.logdir),
                                       ckptdir=str(paths.ckptdir), cfgdir=str(paths.cfgdir), config=config,
                                       lightning_config=lightning_config))
+    from ldm.fsdp import build_strategy  # a strategy: {target, params} mapping (FSDP per UNet block)
+
     try:
-        trainer = L.Trainer(**trainer_kwargs, logger=logger, callbacks=callbacks,
+        trainer = L.Trainer(**build_strategy(trainer_kwargs), logger=logger, callbacks=callbacks,
                             plugins=[AtomicCheckpointIO(trust_checkpoint=opt.unsafe_load)],
                             default_root_dir=str(paths.logdir))
     except (MisconfigurationException, ValueError, RuntimeError) as err:
