@@ -71,6 +71,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     import lightning as L
 
+    from benchmarks.common import describe_device
     from ldm.precision import resolve_trainer_precision
 
     if args.threads:
@@ -99,6 +100,7 @@ def main(argv: list[str] | None = None) -> dict:
     result.update(train_seconds=train_seconds, ae_updates=model.gan_step, train_images_per_s=images / train_seconds)
     backbone = getattr(getattr(model.loss, "perceptual_loss", None), "backbone", None)
     print(f"config: {args.config}")
+    print(f"# {describe_device(trainer.strategy.root_device)}, precision {trainer.precision}")
     print(f"trained {model.gan_step} autoencoder updates ({images} images) in {train_seconds:.0f} s "
           f"-> {result['train_images_per_s']:.1f} train images/s; eval {result['eval_images_per_s']:.1f} images/s")
     print(f"validation ({len(val)} images): PSNR {result['psnr']:.2f} dB  SSIM {result['ssim']:.4f}", end="")

@@ -122,3 +122,12 @@ def test_demo_configs_default_to_auto():
     root = Path(__file__).resolve().parents[1] / "configs" / "demo"
     for path in sorted(root.glob("*.yaml")):
         assert OmegaConf.load(path).lightning.trainer.precision == "auto", path.name
+
+
+@pytest.mark.parametrize("native, words", [(True, "bf16 native"), (False, "bf16 NOT native")])
+def test_benchmark_header_names_the_cpu_and_its_bf16_support(cpu, native, words):
+    from benchmarks.common import cpu_model, describe_device
+
+    cpu(native)
+    line = describe_device("cpu")
+    assert line.startswith(f"CPU {cpu_model()}, {torch.get_num_threads()} threads") and words in line
