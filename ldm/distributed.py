@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["apply_model_ddp_requests", "average_buffers", "wants_find_unused_parameters"]
+__all__ = ["adopt_launcher_world", "apply_model_ddp_requests", "average_buffers", "wants_find_unused_parameters"]
 
 
 def wants_find_unused_parameters(model: Any) -> bool:
@@ -65,3 +65,30 @@ def average_buffers(module: Any, strategy: Any) -> int:
     for buffer in buffers:
         buffer.copy_(strategy.reduce(buffer.detach().clone(), reduce_op="mean"))
     return len(buffers)
+
+
+def adopt_launcher_world(trainer_kwargs: dict, env: Any = None) -> str | None:
+    """Under ``torchrun`` take ``devices`` / ``num_nodes`` from the launcher; returns a note when changed.
+
+    ``torchrun --nproc-per-node 2 main.py ...`` without ``--devices 2`` would otherwise leave this
+    CLI's default ``devices: 1``: Lightning then trains one independent model per process, all writing
+    into the same run directory. torchrun says how many processes it started per node
+    (``LOCAL_WORLD_SIZE``) and in all (``WORLD_SIZE``); those are the devices and nodes of the run.
+    (Under SLURM Lightning itself checks ``--ntasks-per-node`` against ``devices``.)
+    """
+    import os
+
+    env = os.environ if env is None else env
+    if "TORCHELASTIC_RUN_ID" not in env or "LOCAL_WORLD_SIZE" not in env:
+        return None
+    local, world = int(env["LOCAL_WORLD_SIZE"]), int(env.get("WORLD_SIZE", env["LOCAL_WORLD_SIZE"]))
+    nodes = max(world // max(local, 1), 1)
+    devices = trainer_kwargs.get("devices", 1)
+    count = len(devices) if isinstance(devices, (list, tuple)) else devices
+    if count == local and int(trainer_kwargs.get("num_nodes", 1) or 1) == nodes:
+        return None
+    before = f"devices={devices}, num_nodes={trainer_kwargs.get('num_nodes', 1)}"
+    trainer_kwargs["devices"] = local
+    trainer_kwargs["num_nodes"] = nodes
+    return (f"torchrun started {local} process(es) per node on {nodes} node(s): devices={local}, "
+            f"num_nodes={nodes} (was {before})")

@@ -160,11 +160,26 @@ def test_every_autoencoder_config_asks_for_unused_parameter_detection(config):
     assert "strategy" not in (cfg.lightning.get("trainer") or {})
 
 
+def test_adopt_launcher_world_follows_torchrun():
+    from ldm.distributed import adopt_launcher_world
+
+    kwargs = {"devices": 1}
+    torchrun = {"TORCHELASTIC_RUN_ID": "x", "LOCAL_WORLD_SIZE": "4", "WORLD_SIZE": "8"}
+    assert "devices=4, num_nodes=2" in adopt_launcher_world(kwargs, torchrun)
+    assert kwargs == {"devices": 4, "num_nodes": 2}
+    assert adopt_launcher_world(kwargs, torchrun) is None                        # already agrees
+    assert adopt_launcher_world({"devices": [0, 1, 2, 3], "num_nodes": 2}, torchrun) is None
+    plain = {"devices": 1}
+    assert adopt_launcher_world(plain, {"LOCAL_WORLD_SIZE": "4"}) is None and plain == {"devices": 1}
+
+
 def test_torchrun_launch_writes_one_run_and_resumes(tmp_path):
     logs, dumps = tmp_path / "logs", tmp_path / "dumps"
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
-    _launch(torchrun, ["-b", str(TINY_LDM), "-t", "-l", str(logs), "-n", "tr", *DDP, *QUIET,
-                       "--max_steps", "2", *_dump_overrides(dumps, "first")])
+    # no --devices: main.py takes devices / nodes from torchrun (else: 2 independent runs in one directory)
+    proc = _launch(torchrun, ["-b", str(TINY_LDM), "-t", "-l", str(logs), "-n", "tr", "--accelerator", "cpu",
+                              "--strategy", "ddp", *QUIET, "--max_steps", "2", *_dump_overrides(dumps, "first")])
+    assert "torchrun started 2 process(es) per node on 1 node(s): devices=2, num_nodes=1" in proc.stdout
     runs = [p for p in logs.iterdir() if p.is_dir()]
     assert len(runs) == 1, runs                                  # one run directory for both processes
     first = _ranks(dumps, "first")

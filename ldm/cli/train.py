@@ -151,8 +151,10 @@ def _run(argv: Sequence[str] | None, now: str) -> RunResult:
     model_config = require_section(config, "model")
     data_config = require_section(config, "data")
     trainer_kwargs, notes = build_trainer_kwargs(lightning_config.get("trainer"), trainer_overrides(opt), opt.gpus)
+    from ldm.distributed import adopt_launcher_world
     from ldm.precision import resolve_trainer_precision
 
+    notes.append(adopt_launcher_world(trainer_kwargs))  # torchrun: devices / nodes from the launcher
     notes.append(resolve_trainer_precision(trainer_kwargs))  # --precision auto; warns on slow CPU bf16
     for note in filter(None, notes):
         print(f"note: {note}")
