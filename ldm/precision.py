@@ -10,8 +10,8 @@
   Zen 4), else ``32``. Without those kernels every bf16 convolution falls back to PyTorch's
   reference implementation: on an AMD EPYC with AVX2 only, one forward pass of a small
   celebahq-f4-shaped UNet took 27 s in bf16-mixed against 0.5 s in fp32 (issue #13); with oneDNN
-  switched off on an Intel Xeon (AMX) one 3x3 convolution of 8x128x32x32 took 11.6 s against 0.19 s
-  (``python -m benchmarks.bench_bf16_fallback``).
+  switched off on an Intel Xeon (AMX) one 3x3 convolution of 8x128x32x32 took 35.8 s against 0.39 s
+  (93x; ``python -m benchmarks.bench_bf16_fallback --threads 1``, docs/performance.md).
 * MPS and anything else: ``32``.
 
 :func:`warn_if_slow` warns once when ``bf16-mixed`` is asked for explicitly on a CPU without those
