@@ -34,11 +34,11 @@ LOG="$OUT/gpu_check.log"
 : > "$LOG"
 
 if [ "$TINY" = 1 ]; then
-  MODEL=demo; BATCH=2; STEPS=1; UNET_MODES=fp32,bf16; CACHE_STEPS=2; SAMPLER_STEPS=2; ACCEL=cpu
+  MODEL=demo; BATCH=2; STEPS=1; UNET_MODES=fp32,bf16; CACHE_STEPS=2; SAMPLER_STEPS=2; ACCEL=cpu; DTYPE=fp32
   SLOW=0  # no time caps (timeout 0): a tiny CPU smoke run on a shared machine is slower than the GPU check
 else
   MODEL=celebahq-f4; BATCH=32; STEPS=5; UNET_MODES=bf16,bf16-channels-last,bf16-compiled,fp32; CACHE_STEPS=5
-  SAMPLER_STEPS=20; ACCEL=gpu; SLOW=1
+  SAMPLER_STEPS=20; ACCEL=gpu; SLOW=1; DTYPE=bf16
 fi
 [ "$DEVICE" = cpu ] && ACCEL=cpu
 
@@ -68,9 +68,9 @@ part "UNet train step ($MODEL, batch $BATCH; goal >= 45% bf16 MFU)" 150 \
 part "Latent cache vs on-the-fly encoding ($MODEL, bf16-mixed)" 60 \
   "$PY" -m benchmarks.bench_latent_cache --model "$MODEL" --batch "$BATCH" --steps "$CACHE_STEPS" \
   --device "$DEVICE" --precision bf16-mixed
-part "Sampler overhead ($MODEL, bf16)" 60 \
+part "Sampler overhead ($MODEL, $DTYPE)" 60 \
   "$PY" -m benchmarks.bench_samplers --model "$MODEL" --batch "$BATCH" --steps "$SAMPLER_STEPS" --device "$DEVICE" \
-  --dtype bf16 --repeats 2
+  --dtype "$DTYPE" --repeats 2
 if [ "$ACCEL" = gpu ]; then
   for strategy in ddp fsdp; do
     part "main.py, 2 steps, --strategy $strategy on one GPU" 60 \
