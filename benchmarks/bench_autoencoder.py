@@ -19,7 +19,7 @@ import torch
 from omegaconf import OmegaConf
 
 import ldm.modules.autoencoder.blocks as ae_blocks
-from benchmarks.common import PeakMemory, autocast, interleaved_min, naive_attention
+from benchmarks.common import PeakMemory, autocast, describe_device, interleaved_min, naive_attention
 from ldm.util import instantiate_from_config
 
 #: name -> config file (the model section is used; the training loss is replaced by Identity)
@@ -98,7 +98,7 @@ def main(argv=None) -> None:
         if mode not in ALL_MODES + ["fp16", "naive-bf16"]:
             raise SystemExit(f"unknown mode {mode!r}; choose from {ALL_MODES + ['fp16']}")
     torch.manual_seed(0)
-    where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{torch.get_num_threads()} threads"
+    where = describe_device(device)
     print(f"# first stage encode/decode, batch {args.batch} at {args.size}x{args.size}, device {device} ({where}),"
           f" min of {args.repeats} interleaved rounds")
     print("| model | params (M) | mode | encode s/img | decode s/img | encode vs naive | decode vs naive "

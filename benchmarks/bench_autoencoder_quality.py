@@ -71,6 +71,9 @@ def main(argv: list[str] | None = None) -> dict:
 
     import lightning as L
 
+    from benchmarks.common import describe_device
+    from ldm.precision import resolve_trainer_precision
+
     if args.threads:
         torch.set_num_threads(args.threads)
     L.seed_everything(args.seed, workers=True)
@@ -82,6 +85,7 @@ def main(argv: list[str] | None = None) -> dict:
         trainer_cfg["max_time"] = {"seconds": int(args.minutes * 60)}
     trainer_cfg.update(logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
     trainer_cfg.setdefault("accelerator", "cpu")
+    resolve_trainer_precision(trainer_cfg)  # the demo configs say precision: auto
     trainer_cfg.pop("val_check_interval", None)
     trainer_cfg["limit_val_batches"] = 0  # evaluation happens once, below, on the full validation set
     train_loader = DataLoader(train, batch_size=batch_size, shuffle=True, num_workers=0, drop_last=True)
@@ -96,6 +100,7 @@ def main(argv: list[str] | None = None) -> dict:
     result.update(train_seconds=train_seconds, ae_updates=model.gan_step, train_images_per_s=images / train_seconds)
     backbone = getattr(getattr(model.loss, "perceptual_loss", None), "backbone", None)
     print(f"config: {args.config}")
+    print(f"# {describe_device(trainer.strategy.root_device)}, precision {trainer.precision}")
     print(f"trained {model.gan_step} autoencoder updates ({images} images) in {train_seconds:.0f} s "
           f"-> {result['train_images_per_s']:.1f} train images/s; eval {result['eval_images_per_s']:.1f} images/s")
     print(f"validation ({len(val)} images): PSNR {result['psnr']:.2f} dB  SSIM {result['ssim']:.4f}", end="")

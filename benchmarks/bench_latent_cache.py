@@ -33,7 +33,7 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.bench_unet import MODELS as UNETS  # noqa: E402
-from benchmarks.common import PRECISION_NAMES, autocast, synchronize  # noqa: E402
+from benchmarks.common import PRECISION_NAMES, autocast, describe_device, synchronize  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -196,7 +196,7 @@ def main(argv=None) -> list[dict]:
     _, _, image_size, default_batch = SETUPS[args.model]
     batch_size = args.batch or default_batch
     steps = args.steps or (9 if args.model == "demo" else 5)
-    where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{torch.get_num_threads()} threads"
+    where = describe_device(device)
     print(f"# latent cache vs on-the-fly encoding, {args.model}, batch {batch_size}, precision {args.precision}, "
           f"device {device} ({where})")
     rows = [bench_one(label, node, image_size, batch_size, steps, device, autocast_dtype)

@@ -76,6 +76,9 @@ def main(argv: list[str] | None = None) -> int:
         cmd = [sys.executable, "-m", "ldm.cli.quickstart", "--out", args.out, *args.quickstart_args]
         print("running:", " ".join(cmd), flush=True)
         subprocess.run(cmd, cwd=ROOT, check=True)
+        from benchmarks.common import describe_device
+
+        print(f"# measured on: {describe_device('cpu')}")
     if not report_path.is_file():
         raise SystemExit(f"bench_quality: no report at {report_path}")
     report = json.loads(report_path.read_text())

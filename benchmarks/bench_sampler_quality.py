@@ -19,7 +19,7 @@ import time
 
 import torch
 
-from benchmarks.common import synchronize
+from benchmarks.common import describe_device, synchronize
 
 
 def default_runs(ddpm_steps: int) -> list[tuple[str, int]]:
@@ -88,7 +88,7 @@ def main(argv=None) -> None:
     n_classes = check_class_conditional(model)
     labels = torch.arange(n_classes).repeat(args.per_class)
     runs = parse_runs(args.samplers) if args.samplers else default_runs(args.ddpm_steps)
-    where = torch.cuda.get_device_name(model.device) if model.device.type == "cuda" else f"{torch.get_num_threads()} threads"
+    where = describe_device(model.device)
     print(f"# {loaded.checkpoint} (global step {_global_step(loaded.checkpoint)}), {labels.numel()} images "
           f"({args.per_class} per class), CFG scale {args.guidance_scale}, EMA weights, device {model.device} ({where})")
     print("| sampler | steps | UNet evaluations/img (cond + null) | s/img | oracle accuracy | vs DDIM 50 |")

@@ -16,7 +16,7 @@ import argparse
 
 import torch
 
-from benchmarks.common import interleaved_min, time_call
+from benchmarks.common import describe_device, interleaved_min, time_call
 from ldm.diffusion import DiffusionSchedule
 from ldm.modules.unet import UNetModel
 from ldm.samplers import classifier_free_guidance, get_sampler
@@ -60,7 +60,7 @@ def main() -> None:
     x = torch.randn(B, C, H, H, device=device, dtype=dtype)
     t = torch.full((B,), 500, device=device, dtype=torch.long)
     S = args.steps
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{torch.get_num_threads()} CPU threads"
+    name = describe_device(device)
     print(f"# model {args.model} batch {B} latent {C}x{H}x{H} {args.dtype} on {device} ({name}), {S} steps")
 
     def bare():

@@ -18,8 +18,8 @@ import torch
 import torch.nn.functional as F
 
 import ldm.modules.attention as attention_module
-from benchmarks.common import (PRECISION_NAMES, PeakMemory, autocast, count_flops, matmul_peak_flops, naive_attention,
-                               set_checkpointing, time_call)
+from benchmarks.common import (PRECISION_NAMES, PeakMemory, autocast, count_flops, describe_device, matmul_peak_flops,
+                               naive_attention, set_checkpointing, time_call)
 from ldm.modules.unet import UNetModel
 from ldm.optim import build_optimizer
 
@@ -104,7 +104,7 @@ def main(argv=None):
     peaks = {torch.float32: matmul_peak_flops(device, torch.float32),
              torch.bfloat16: matmul_peak_flops(device, torch.bfloat16)}
     print(f"# UNet '{args.model}' ({n_params / 1e6:.1f} M params), batch {args.batch}, device {device}"
-          f" ({torch.cuda.get_device_name(device) if device.type == 'cuda' else f'{torch.get_num_threads()} threads'})")
+          f" ({describe_device(device)})")
     print(f"# measured matmul peak: fp32 {peaks[torch.float32] / 1e12:.2f} TFLOP/s, "
           f"bf16 {peaks[torch.bfloat16] / 1e12:.2f} TFLOP/s")
 

@@ -23,6 +23,49 @@ def autocast(device_type: str, dtype: torch.dtype | None):
     return torch.autocast(device_type, dtype=dtype or torch.float32, enabled=dtype is not None)
 
 
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo``; ``platform.processor()`` elsewhere)."""
+    try:
+        with open("/proc/cpuinfo") as handle:
+            for line in handle:
+                if line.lower().startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor() or platform.machine() or "unknown CPU"
+
+
+def cpu_bf16_flags() -> list[str]:
+    """The CPU's bf16-related instruction-set flags (``amx_bf16``, ``avx512_bf16``), as Linux reports them."""
+    try:
+        with open("/proc/cpuinfo") as handle:
+            flags = next((line.split(":", 1)[1].split() for line in handle if line.startswith("flags")), [])
+    except OSError:
+        return []
+    return [flag for flag in ("amx_bf16", "avx512_bf16") if flag in flags]
+
+
+def describe_device(device: torch.device | str) -> str:
+    """One line naming the hardware a table was measured on, and whether it runs bf16 natively: printed
+    beside every benchmark table (CPU bf16 speed differs by ~50x between CPU kinds, ldm/precision.py)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        bf16 = torch.cuda.is_bf16_supported(including_emulation=False)
+        major, minor = torch.cuda.get_device_capability(device)
+        return f"{torch.cuda.get_device_name(device)} (sm_{major}{minor}), bf16 {'native' if bf16 else 'not native'}"
+    from ldm.precision import cpu_has_native_bf16
+
+    flags = cpu_bf16_flags()
+    isa = torch.backends.cpu.get_cpu_capability()
+    if cpu_has_native_bf16():
+        bf16 = f"bf16 native (oneDNN; {', '.join(flags) if flags else 'AVX-512, emulated bf16 dot products'})"
+    else:
+        bf16 = "bf16 NOT native (no AVX-512/AMX: bf16 rows run PyTorch's slow reference kernels)"
+    return f"CPU {cpu_model()}, {torch.get_num_threads()} threads, ISA {isa}, {bf16}"
+
+
 def synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)

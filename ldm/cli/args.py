@@ -112,7 +112,8 @@ TRAINER_FLAGS: dict[str, tuple[Callable[[str], Any], str]] = {
     "devices": (devices_value, "number of devices, a list such as 0,1, or auto"),
     "num_nodes": (int, "number of nodes for distributed training"),
     "strategy": (str, "ddp, fsdp, deepspeed, auto, ..."),
-    "precision": (precision_value, "32-true, 16-mixed, bf16-mixed, ..."),
+    "precision": (precision_value, "32-true, 16-mixed, bf16-mixed, ... or auto: bf16-mixed where the hardware "
+                                   "runs it natively, else 32 (16-mixed on pre-Ampere GPUs)"),
     "max_steps": (int, "stop after this many optimiser steps (-1: no limit)"),
     "min_steps": (int, "train at least this many steps"),
     "max_epochs": (int, "stop after this many epochs"),

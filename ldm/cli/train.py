@@ -186,7 +186,12 @@ def _run_parsed(opt, dotlist: list[str], now: str, child: bool) -> RunResult:
     model_config = require_section(config, "model")
     data_config = require_section(config, "data")
     trainer_kwargs, notes = build_trainer_kwargs(lightning_config.get("trainer"), trainer_overrides(opt), opt.gpus)
-    for note in notes:
+    from ldm.distributed import adopt_launcher_world
+    from ldm.precision import resolve_trainer_precision
+
+    notes.append(adopt_launcher_world(trainer_kwargs))  # torchrun: devices / nodes from the launcher
+    notes.append(resolve_trainer_precision(trainer_kwargs))  # --precision auto; warns on slow CPU bf16
+    for note in filter(None, notes):
         print(f"note: {note}")
     if paths.resume_ckpt is not None:
         check_writable_run(paths.logdir)
@@ -239,12 +244,19 @@ def _run_parsed(opt, dotlist: list[str], now: str, child: bool) -> RunResult:
     callbacks.insert(0, SetupCallback(resume=str(paths.resume_ckpt or ""), now=paths.now, logdir=str(paths.logdir),
                                       ckptdir=str(paths.ckptdir), cfgdir=str(paths.cfgdir), config=config,
                                       lightning_config=lightning_config))
+    from ldm.fsdp import build_strategy  # a strategy: {target, params} mapping (FSDP per UNet block)
+
     try:
-        trainer = L.Trainer(**trainer_kwargs, logger=logger, callbacks=callbacks,
+        trainer = L.Trainer(**build_strategy(trainer_kwargs), logger=logger, callbacks=callbacks,
                             plugins=[AtomicCheckpointIO(trust_checkpoint=opt.unsafe_load)],
                             default_root_dir=str(paths.logdir))
     except (MisconfigurationException, ValueError, RuntimeError) as err:
         raise CLIError(f"cannot build the Trainer from {trainer_kwargs}: {str(err).splitlines()[0]}") from err
+    from ldm.distributed import apply_model_ddp_requests
+
+    ddp_note = apply_model_ddp_requests(trainer.strategy, model)
+    if ddp_note and trainer.is_global_zero:
+        print(f"note: {ddp_note}")
 
     base_lr, lr = configure_learning_rate(model, config, trainer, opt.scale_lr)
     try:

@@ -15,8 +15,10 @@ update. Gradients are accumulated over N batches (each backward
 scaled by 1/N; N = ``accumulate_grad_batches``, a model parameter because Lightning 2 forbids the
 trainer setting with manual optimisation); optimisers step on the N-th batch. ``gan_step`` counts autoencoder updates (the
 original's ``global_step``; Lightning's own ``global_step`` counts both optimisers' steps) and is
-stored in checkpoints. Under DDP use ``strategy: ddp_find_unused_parameters_true`` (the
-discriminator is unused before ``disc_start``).
+stored in checkpoints. Each backward pass leaves some parameters without a gradient (the frozen or
+idle discriminator, or the autoencoder behind a detached reconstruction), so the model asks DDP for
+``find_unused_parameters=True`` (``ddp_find_unused_parameters``, see :mod:`ldm.distributed`): plain
+``--strategy ddp`` works.
 
 Non-finite losses (``skip_nonfinite``, on by default): the step of a batch whose autoencoder or
 discriminator loss (or gradients) is NaN/Inf is skipped for both optimisers — weights, optimiser
@@ -56,6 +58,8 @@ def _channels_first(x: torch.Tensor) -> torch.Tensor:
 
 class _AdversarialAutoencoder(L.LightningModule):
     """Training/validation/logging shared by the KL and VQ autoencoders."""
+
+    ddp_find_unused_parameters = True  # read by ldm.distributed.apply_model_ddp_requests
 
     def _setup_common(self, ddconfig: dict, lossconfig: dict | None, image_key: str, colorize_nlabels: int | None,
                       monitor: str | None, base_learning_rate: float | None, accumulate_grad_batches: int) -> None:
@@ -224,6 +228,12 @@ class _AdversarialAutoencoder(L.LightningModule):
     def on_ae_step_end(self) -> None:
         """Hook after each autoencoder update (the VQ model's weight EMA)."""
 
+    def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
+        if self.has_discriminator and self._trainer is not None:  # BatchNorm statistics: same on every rank
+            from ldm.distributed import average_buffers
+
+            average_buffers(self.loss.discriminator, self.trainer.strategy)
+
     # -- validation -------------------------------------------------------------------------------------
     def _metrics(self):
         if not hasattr(self, "_val_metrics"):
@@ -268,7 +278,8 @@ class _AdversarialAutoencoder(L.LightningModule):
             metric = metrics[name]
             if getattr(metric, "update_count", 1) == 0:
                 continue
-            self.log(f"val/{name}", metric.compute(), prog_bar=name == "psnr", sync_dist=False)
+            # compute() already gathers every rank's state: the mean over ranks of equal values is that value
+            self.log(f"val/{name}", metric.compute(), prog_bar=name == "psnr", sync_dist=True)
             metric.reset()
 
     # -- images for the ImageLogger ----------------------------------------------------------------------
@@ -472,7 +483,7 @@ class VQModel(_AdversarialAutoencoder):
         if self._trainer is not None:
             counts = self.trainer.strategy.reduce(counts.clone(), reduce_op="sum")
         if counts.sum() > 0:  # share of the codebook used over the whole validation set
-            self.log("val/codebook_usage_epoch", (counts > 0).float().mean(), sync_dist=False)
+            self.log("val/codebook_usage_epoch", (counts > 0).float().mean(), sync_dist=True)  # equal on all ranks
 
 
 class VQModelInterface(VQModel):

@@ -393,12 +393,14 @@ class DDPM(L.LightningModule):
         devices = [self.device] if self.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):
             _, log = self.shared_step(batch, t=t)
-        self.log_dict(log, prog_bar=False, logger=True, on_step=False, on_epoch=True, batch_size=self._batch_size)
+        # sync_dist: the epoch means are reduced over all ranks, so the checkpoint monitor agrees everywhere
+        self.log_dict(log, prog_bar=False, logger=True, on_step=False, on_epoch=True, batch_size=self._batch_size,
+                      sync_dist=True)
         if self.use_ema:
             with self.ema_scope():
                 _, log_ema = self.shared_step(batch, t=t)
             self.log_dict({f"{k}_ema": v for k, v in log_ema.items()}, prog_bar=False, logger=True, on_step=False,
-                          on_epoch=True, batch_size=self._batch_size)
+                          on_epoch=True, batch_size=self._batch_size, sync_dist=True)
 
     def parameter_groups(self) -> list:
         """Parameters the optimiser updates (the UNet, and ``logvar`` when learned)."""
