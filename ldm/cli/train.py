@@ -132,6 +132,10 @@ def run(argv: Sequence[str] | None = None) -> RunResult:
 
 def _run(argv: Sequence[str] | None, now: str) -> RunResult:
     opt, dotlist = parse_args(argv)
+    if opt.threads:
+        import torch
+
+        torch.set_num_threads(opt.threads)
     if opt.gpus is not None:  # fail fast, before building anything
         gpus = parse_gpus(opt.gpus)
         if gpus is not None:
