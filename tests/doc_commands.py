@@ -1,7 +1,7 @@
 """Run the shell commands of a documentation code block in-process (for the docs' end-to-end tests).
 
 A tiny interpreter for the few shell forms the docs use: ``python main.py ARGS``,
-``python -m ldm.cli.<tool> ARGS``, ``VAR=$(ls -d PATTERN | tail -n 1)``, ``$VAR`` and globs in
+``python -m ldm.cli.<tool> ARGS``, ``VAR=$(ls -d PATTERN | tail -n 1)``, ``$VAR``, globs and ``<timestamp>`` (any run time stamp) in
 arguments, backslash line continuations and ``#`` comments. Anything else is an error, so a doc
 edit that this cannot follow fails the test instead of being skipped. Each command runs in this
 process (no interpreter start-up per command) through the tool's own ``main(argv)``.
@@ -37,6 +37,10 @@ def commands(block: str) -> list[str]:
 
 def _expand(token: str, variables: dict[str, str]) -> list[str]:
     token = re.sub(r"\$(\w+)", lambda m: variables[m.group(1)], token)
+    token = token.replace("<timestamp>", "*")  # the docs' placeholder for a run directory's time stamp
+    key, sep, value = token.partition("=")
+    if sep and not key.startswith("-") and any(ch in value for ch in "*?["):  # a config override's value
+        return [key + sep + piece for piece in _expand(value, variables)]
     if any(ch in token for ch in "*?["):
         matches = sorted(glob.glob(token))
         if not matches:

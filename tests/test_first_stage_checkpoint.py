@@ -94,3 +94,21 @@ def test_loss_and_ignored_keys_are_not_compared(tmp_path):
                   ignore_keys=["encoder.conv_in.bias"])
     with pytest.raises(ConfigError, match="encoder.conv_in.bias absent in the checkpoint"):
         AutoencoderKL(ddconfig=DD, lossconfig=IDENTITY, embed_dim=3, ckpt_path=str(ckpt))
+
+
+def test_main_py_stage2_with_the_wrong_autoencoder_is_one_line(tmp_path, capsys):
+    """tests/fixtures/e2e_tiny_ldm.yaml has a KL-f2 first stage (ch 32, ch_mult [1, 2]); give it a VQ run."""
+    from pathlib import Path
+
+    from ldm.cli.train import main
+
+    fixture = Path(__file__).resolve().parent / "fixtures" / "e2e_tiny_ldm.yaml"
+    run = save_run(tmp_path, vq(ch_mult=[1, 2]))
+    with pytest.raises(SystemExit) as err:
+        main(["-b", str(fixture), "-t", "-l", str(tmp_path / "logs"),
+              f"model.params.first_stage_config.params.ckpt_path={run}"])
+    assert err.value.code == 2
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(lines) == 1
+    assert lines[0].startswith("main.py: error: first_stage_config: ckpt_path=")
+    assert "holds a VQ f2 autoencoder" in lines[0] and "(AutoencoderKL) is a KL f2 autoencoder" in lines[0]
