@@ -12,8 +12,8 @@ import glob
 import importlib
 import re
 import shlex
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 ASSIGN = re.compile(r"^(\w+)=\$\(ls -d (\S+) \| tail -n 1\)$")
 TOOLS = {"ldm.cli.sample", "ldm.cli.evaluate", "ldm.cli.cache_latents"}
@@ -22,7 +22,7 @@ TOOLS = {"ldm.cli.sample", "ldm.cli.evaluate", "ldm.cli.cache_latents"}
 def code_block(markdown: str, after: str, language: str = "bash") -> str:
     """The first ```language block after the line that contains ``after``."""
     start = markdown.index(after)
-    match = re.search(rf"```{language}\n(.*?)```", markdown[start:], re.S)
+    match = re.search(rf"```{language}\n(.*?)```", markdown[start:], re.DOTALL)
     if match is None:
         raise AssertionError(f"no ```{language} block after {after!r}")
     return match.group(1)
@@ -54,7 +54,7 @@ def run_commands(lines: list[str], adapt: Callable[[str, list[str]], list[str]] 
     Returns the shell variables set along the way."""
     variables: dict[str, str] = {}
     for line in lines:
-        if line.startswith(". ") or line.startswith("source "):
+        if line.startswith((". ", "source ")):
             continue  # activating a virtual environment: this process already runs in one
         assigned = ASSIGN.match(line)
         if assigned:

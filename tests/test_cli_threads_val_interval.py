@@ -9,10 +9,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from cli_fixtures import tiny_config, write_yaml  # noqa: E402
+from cli_fixtures import tiny_config, write_yaml
 
-from ldm.cli.args import parse_args  # noqa: E402
-from ldm.cli.train import run  # noqa: E402
+from ldm.cli.args import parse_args
+from ldm.cli.train import run
 
 
 def test_threads_sets_torch_threads(tmp_path):

@@ -10,10 +10,10 @@ from omegaconf import OmegaConf
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from cli_fixtures import REPO_ROOT  # noqa: E402
-from doc_commands import write_class_folders  # noqa: E402
+from cli_fixtures import REPO_ROOT
+from doc_commands import write_class_folders
 
-import ldm.util  # noqa: E402,F401  (registers the num_class_folders resolver)
+import ldm.util  # noqa: F401  (registers the num_class_folders resolver)
 
 LDM_CONFIGS = sorted((REPO_ROOT / "configs" / "ldm").glob("*.yaml"))
 CUSTOM = REPO_ROOT / "configs" / "custom"
@@ -27,7 +27,7 @@ def architecture(params) -> dict:
 
 
 def stage1_of(path: Path) -> Path:
-    match = re.search(r"^# Stage 1: (configs/autoencoder/\S+\.yaml)", path.read_text(), re.M)
+    match = re.search(r"^# Stage 1: (configs/autoencoder/\S+\.yaml)", path.read_text(), re.MULTILINE)
     assert match, f"{path.name}: no '# Stage 1: configs/autoencoder/...' header"
     return REPO_ROOT / match.group(1)
 

@@ -15,8 +15,14 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from cli_fixtures import REPO_ROOT  # noqa: E402
-from doc_commands import code_block, commands, replace_value, run_commands, write_class_folders  # noqa: E402
+from cli_fixtures import REPO_ROOT
+from doc_commands import (
+    code_block,
+    commands,
+    replace_value,
+    run_commands,
+    write_class_folders,
+)
 
 DOC = REPO_ROOT / "docs" / "custom-data.md"
 FAST_TRAINING = ["--max_steps", "2", "--enable_progress_bar", "false", "--enable_model_summary", "false",
@@ -59,6 +65,6 @@ def test_doc_chain_on_generated_class_folders(tmp_path, monkeypatch):
 
     import ldm.util  # noqa: F401  (registers the num_class_folders resolver)
 
-    snapshot = OmegaConf.load(sorted((ldm_run / "configs").glob("*-project.yaml"))[-1])
+    snapshot = OmegaConf.load(max((ldm_run / "configs").glob("*-project.yaml")))
     assert snapshot.model.params.cond_stage_config.params.n_classes == 3
     assert snapshot.model.params.first_stage_config.params.ckpt_path == str(ae)

@@ -16,8 +16,14 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from cli_fixtures import REPO_ROOT  # noqa: E402
-from doc_commands import code_block, commands, replace_value, run_commands, write_class_folders  # noqa: E402
+from cli_fixtures import REPO_ROOT
+from doc_commands import (
+    code_block,
+    commands,
+    replace_value,
+    run_commands,
+    write_class_folders,
+)
 
 STAGE1, STAGE2 = "configs/autoencoder/autoencoder_vq_f4.yaml", "configs/ldm/celebahq-f4.yaml"
 TINY_DDCONFIG = {"resolution": 16, "ch": 16, "num_res_blocks": 1, "num_groups": 8}
@@ -70,7 +76,7 @@ def test_readme_two_stage_chain(tmp_path, monkeypatch):
     (ae_run,) = (tmp_path / "logs").glob("*_vq-f4")
     (ldm_run,) = (tmp_path / "logs").glob("*_celebahq-f4")
     assert (ae_run / "checkpoints" / "last.ckpt").is_file() and (ldm_run / "checkpoints" / "last.ckpt").is_file()
-    snapshot = OmegaConf.load(sorted((ldm_run / "configs").glob("*-project.yaml"))[-1])
+    snapshot = OmegaConf.load(max((ldm_run / "configs").glob("*-project.yaml")))
     assert Path(snapshot.model.params.first_stage_config.params.ckpt_path).resolve() == ae_run.resolve()
     samples = sorted((tmp_path / "outputs" / "celebahq" / "samples").glob("*.png"))
     assert len(samples) == 2 and Image.open(samples[0]).size == (16, 16)

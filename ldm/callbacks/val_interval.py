@@ -28,7 +28,7 @@ def epoch_batches(trainer) -> int | None:
     limit = trainer.limit_train_batches
     if isinstance(limit, int):
         return min(batches, limit)
-    return max(1, int(math.floor(batches * float(limit)))) if limit else 0
+    return max(1, math.floor(batches * float(limit))) if limit else 0
 
 
 class ClampValCheckInterval(Callback):

@@ -16,8 +16,8 @@ Loss, EMA and other non-architecture entries are not compared.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Iterable, Mapping
 
 from ldm.util import ConfigError
 
