@@ -101,3 +101,17 @@ def test_custom_template_trains_with_only_its_root_set(template, tmp_path):
     assert result.trainer.global_step >= 1
     if template == "ldm_class.yaml":
         assert result.model.cond_stage_model.n_classes == 2  # counted from the folder
+
+
+@pytest.mark.parametrize("template, overlay", [("autoencoder.yaml", "one_gpu_autoencoder.yaml"),
+                                               ("autoencoder_webdataset.yaml", "one_gpu_autoencoder.yaml"),
+                                               *((name, "one_gpu_ldm.yaml") for name in STAGE2_TEMPLATES)])
+def test_one_gpu_overlays_keep_the_architecture(template, overlay):
+    from ldm.cli.config import merge_configs
+
+    base = OmegaConf.load(CUSTOM / template)
+    merged = merge_configs([str(CUSTOM / template), str(CUSTOM / overlay)], [])
+    assert merged.model == base.model  # so stage 1 and stage 2 still fit each other
+    assert merged.lightning.trainer.accelerator == "gpu" and merged.lightning.trainer.devices == 1
+    assert merged.data.params.batch_size > base.data.params.batch_size
+    assert merged.data.params.train == base.data.params.train
