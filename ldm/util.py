@@ -57,6 +57,38 @@ class ConfigError(ValueError):
     """A config node could not be turned into an object. The message names the node."""
 
 
+def num_class_folders(root: Any) -> int:
+    """Config resolver ``${num_class_folders:<root>}``: how many class sub-folders ``root`` has
+    (the ``n_classes`` of a class-folder dataset, so a template needs only its data root)."""
+    import os
+
+    from ldm.data.folder import class_folder_names
+
+    if root is None or not os.path.isdir(str(root)):
+        raise ConfigError(f"num_class_folders: {root!r} is not a folder; set data.params.train.params.root=<a folder "
+                          "with one sub-folder of images per class>")
+    names = class_folder_names(str(root))
+    if not names:
+        raise ConfigError(f"num_class_folders: {root} has no sub-folders with images (one per class expected)")
+    return len(names)
+
+
+def _register_resolvers() -> None:
+    try:
+        import omegaconf
+        from omegaconf import OmegaConf
+    except ImportError:  # pragma: no cover - omegaconf is a hard dependency
+        return
+    # omegaconf 2.4 renamed register_new_resolver (2.1-2.3) to register_resolver (2.3's is the legacy API)
+    modern = tuple(int(part) for part in omegaconf.__version__.split(".")[:2]) >= (2, 4)
+    register = OmegaConf.register_resolver if modern else OmegaConf.register_new_resolver
+    if not OmegaConf.has_resolver("num_class_folders"):
+        register("num_class_folders", num_class_folders)
+
+
+_register_resolvers()
+
+
 def modern_target(target: str) -> str:
     """The dotted path a (possibly original / Lightning 1.x) target string stands for today."""
     path = LEGACY_TARGETS.get(target, target)

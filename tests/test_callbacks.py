@@ -143,7 +143,8 @@ def test_callback_defaults_merge_with_the_config_and_can_be_removed(tmp_path):
     image_logger = by_type["ImageLogger"]
     assert image_logger.batch_freq == 9 and image_logger.max_images == 4  # user value + default kept
     assert image_logger.save_dir == str(tmp_path / "run")  # grids go to <run>/images whatever the logger
-    assert set(by_type) == {"ImageLogger", "CUDACallback", "EmergencyCheckpoint", "LearningRateMonitor"}
+    assert set(by_type) == {"ImageLogger", "CUDACallback", "ClampValCheckInterval", "EmergencyCheckpoint",
+                            "LearningRateMonitor"}
     assert by_type["EmergencyCheckpoint"].ckpt_path.endswith("last.ckpt")
 
 

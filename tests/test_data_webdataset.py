@@ -92,3 +92,15 @@ def test_corrupt_member_is_skipped_or_fatal(tmp_path):
         list(WebImageDataset(str(broken), strict=True))
     with pytest.raises(FileNotFoundError):
         WebImageDataset(str(tmp_path / "no_such_dir" / "*.tar"))
+
+
+def test_root_is_an_alias_of_urls(tmp_path):
+    samples = [{"image": torch.zeros(3, 8, 8), "caption": f"c{i}"} for i in range(4)]
+    write_webdataset(samples, str(tmp_path / "s-%03d.tar"), maxcount=2)
+    by_root = [s["caption"] for s in WebImageDataset(root=str(tmp_path))]
+    by_urls = [s["caption"] for s in WebImageDataset(str(tmp_path))]
+    assert by_root == by_urls and sorted(by_root) == ["c0", "c1", "c2", "c3"]
+    with pytest.raises(ValueError, match="exactly one of `urls` and `root`"):
+        WebImageDataset(str(tmp_path), root=str(tmp_path))
+    with pytest.raises(ValueError, match="exactly one of `urls` and `root`"):
+        WebImageDataset()

@@ -126,17 +126,6 @@ def test_val_check_interval_without_validation_is_dropped_with_a_note(tmp_path, 
     assert "val_check_interval=500 ignored: there is no validation data" in capsys.readouterr().out
 
 
-def test_val_check_interval_beyond_the_epoch_with_validation(tmp_path, capsys):
-    config = write_yaml(tmp_path / "tiny.yaml", tiny_config(max_steps=2))
-    fixture = OmegaConf.load(TINY)
-    fixture.data.params.validation = fixture.data.params.train
-    path = write_yaml(tmp_path / "ldm.yaml", OmegaConf.to_container(fixture))
-    line = _fails(["-b", str(path), "-t", "-l", str(tmp_path / "logs"), "--val_check_interval", "500",
-                   "data.params.train.params.length=8"], capsys)
-    assert "val_check_interval=500 is more than the 2 training batches" in line
-    assert config.exists()
-
-
 def test_learned_range_with_wrong_out_channels_fails_when_built():
     from ldm.util import ConfigError, instantiate_from_config
 

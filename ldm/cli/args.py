@@ -101,6 +101,16 @@ def devices_value(value: str) -> int | str | list[int]:
         return text
 
 
+def positive_int(value: str) -> int:
+    try:
+        number = int(str(value).strip())
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}") from err
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}")
+    return number
+
+
 def precision_value(value: str) -> str | int:
     text = str(value).strip()
     return int(text) if text.isdigit() else text
@@ -157,7 +167,9 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     run = parser.add_argument_group("run")
-    run.add_argument("-n", "--name", type=str, default="", help="postfix for the log directory name")
+    run.add_argument("-n", "--name", type=str, default="",
+                     help="run name: the run directory is <logdir>/<timestamp>_<name>; empty: the first config's "
+                          "file name")
     run.add_argument("-r", "--resume", type=str, default="",
                      help="resume from a log directory or a checkpoint inside one (configs and full trainer state)")
     run.add_argument("-b", "--base", nargs="*", action="extend", metavar="base_config.yaml", default=[],
@@ -165,14 +177,15 @@ def build_parser() -> argparse.ArgumentParser:
                           "(-b a.yaml -b b.yaml is -b a.yaml b.yaml)")
     run.add_argument("--allow-unknown-keys", "--allow_unknown_keys", dest="allow_unknown_keys", action="store_true",
                      help="report unknown config keys as notes instead of errors (deliberate extras)")
-    run.add_argument("-t", "--train", action=OptionalBool, default=False, help="train")
+    run.add_argument("-t", "--train", action=OptionalBool, default=False, help="train the model (trainer.fit); without -t only the test split is run")
     run.add_argument("--no-test", "--no_test", dest="no_test", action=OptionalBool, default=False,
-                     help="skip testing after training")
-    run.add_argument("-p", "--project", type=str, default=None, help="project name (wandb project)")
+                     help="do not run the test split after training")
+    run.add_argument("-p", "--project", type=str, default=None, help="wandb project the run is logged to (with --logger wandb)")
     run.add_argument("-d", "--debug", action=OptionalBool, default=False,
                      help="debug run: no checkpoint on exceptions; the log dir is moved to <logdir>/debug_runs")
     run.add_argument("-s", "--seed", type=int, default=23, help="seed for seed_everything (workers too)")
-    run.add_argument("-f", "--postfix", type=str, default="", help="postfix appended to the run name")
+    run.add_argument("-f", "--postfix", type=str, default="",
+                     help="text appended to the run directory name, after the name")
     run.add_argument("-l", "--logdir", type=str, default="logs", help="directory holding the runs")
     run.add_argument("--scale_lr", "--scale-lr", dest="scale_lr", action=OptionalBool, default=False,
                      help="multiply base_learning_rate by accumulate_grad_batches x devices x nodes x batch_size")
@@ -188,6 +201,9 @@ def build_parser() -> argparse.ArgumentParser:
                           "lightning and --allow-target modules only)")
     run.add_argument("--allow-target", "--allow_target", dest="allow_target", action="append", default=[],
                      metavar="MODULE", help="with -r: also allow config targets from this module (repeatable)")
+    run.add_argument("--threads", type=positive_int, default=None,
+                     help="CPU threads torch uses for its operations (torch.set_num_threads); default: torch's own "
+                          "choice (OMP_NUM_THREADS, else one per core)")
     run.add_argument("--logger", type=str, choices=LOGGER_CHOICES, default=None,
                      help="logger (default: the config's lightning.logger, else csv)")
 

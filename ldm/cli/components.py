@@ -85,6 +85,7 @@ def default_callbacks(paths: RunPaths, *, debug: bool, with_logger: bool) -> dic
             "params": {"batch_frequency": 750, "max_images": 4, "clamp": True, "save_dir": str(paths.logdir)},
         },
         "cuda_callback": {"target": "ldm.callbacks.cuda.CUDACallback"},
+        "val_check_interval_clamp": {"target": "ldm.callbacks.val_interval.ClampValCheckInterval"},
         "emergency_checkpoint": {
             "target": "ldm.callbacks.emergency.EmergencyCheckpoint",
             "params": {"ckpt_path": str(paths.ckptdir / "last.ckpt"), "on_exception": not debug},

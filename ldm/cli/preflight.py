@@ -6,11 +6,11 @@ emergency checkpoint had been written — into one ``error:`` line with the reme
 * the training / validation datasets are built here, so missing dataset files are reported up front;
 * a latent cache must have been encoded by this model's first stage (``verify_first_stage``);
 * ``val_check_interval`` without validation data is dropped (it means nothing there); with validation
-  data an integer interval larger than the number of training batches per epoch is an error.
+  data an integer interval longer than an epoch is lowered to the epoch by
+  :class:`ldm.callbacks.val_interval.ClampValCheckInterval`, with a warning.
 """
 from __future__ import annotations
 
-import math
 from typing import Any
 
 from ldm.util import ConfigError
@@ -27,21 +27,6 @@ def _dataset(datamodule: Any, split: str) -> Any:
     return getattr(dataset, "data", dataset)  # WrappedDataset
 
 
-def _train_batches(datamodule: Any, dataset: Any, trainer_kwargs: dict) -> int | None:
-    try:
-        length = len(dataset)
-    except TypeError:
-        return None
-    batch_size = int(getattr(datamodule, "batch_size", 1) or 1)
-    batches = length // batch_size if getattr(datamodule, "drop_last", False) else math.ceil(length / batch_size)
-    limit = trainer_kwargs.get("limit_train_batches")
-    if isinstance(limit, int) and not isinstance(limit, bool):
-        batches = min(batches, limit)
-    elif isinstance(limit, float):
-        batches = int(batches * limit)
-    return batches
-
-
 def preflight(model: Any, datamodule: Any, trainer_kwargs: dict, *, has_validation: bool, training: bool) -> list[str]:
     """Raise :class:`ConfigError` for a run that cannot work; return notes. Edits ``trainer_kwargs``."""
     notes: list[str] = []
@@ -56,11 +41,4 @@ def preflight(model: Any, datamodule: Any, trainer_kwargs: dict, *, has_validati
         if not has_validation:
             trainer_kwargs.pop("val_check_interval")
             notes.append(f"lightning.trainer.val_check_interval={interval} ignored: there is no validation data")
-        elif isinstance(interval, int) and not isinstance(interval, bool) and train is not None:
-            batches = _train_batches(datamodule, train, trainer_kwargs)
-            if batches is not None and interval > batches:
-                raise ConfigError(
-                    f"lightning.trainer.val_check_interval={interval} is more than the {batches} training batches "
-                    "of an epoch; lower it (e.g. lightning.trainer.val_check_interval={batches}) or give a fraction "
-                    "of an epoch such as 1.0".replace("{batches}", str(batches)))
     return notes

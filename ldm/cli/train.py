@@ -162,6 +162,10 @@ def _run(argv: Sequence[str] | None, now: str, child: bool = False) -> RunResult
 
 
 def _run_parsed(opt, dotlist: list[str], now: str, child: bool) -> RunResult:
+    if opt.threads:
+        import torch
+
+        torch.set_num_threads(opt.threads)
     if opt.gpus is not None:  # fail fast, before building anything
         gpus = parse_gpus(opt.gpus)
         if gpus is not None:

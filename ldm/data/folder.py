@@ -40,6 +40,12 @@ def scan_images(root: str, recursive: bool = True) -> list[str]:
     return sorted(found)
 
 
+def class_folder_names(root: str) -> list[str]:
+    """The class names ``ImageFolderDataset(root, class_folders=True)`` finds: sorted first-level folders
+    that hold images."""
+    return sorted({p.replace(os.sep, "/").split("/")[0] for p in scan_images(root) if "/" in p.replace(os.sep, "/")})
+
+
 def read_file_list(path: str) -> list[str]:
     with open(path, encoding="utf-8") as handle:
         return [line.strip() for line in handle if line.strip() and not line.lstrip().startswith("#")]

@@ -60,7 +60,7 @@ class WebImageDataset(SkipReporting, IterableDataset):
 
     Args:
         urls: a brace pattern (``"shards/train-{000000..000009}.tar"``), a list of paths/URLs, a
-            directory of ``.tar`` files, or a glob.
+            directory of ``.tar`` files, or a glob. ``root``: the same (the name the other datasets use).
         size, random_crop, flip_p, interpolation, crop_size: as for image folders.
         shuffle_buffer: samples kept in the shuffle buffer (0: no sample shuffling).
         shardshuffle: shuffle the shard order each epoch (seeded by ``seed`` and the epoch).
@@ -69,12 +69,15 @@ class WebImageDataset(SkipReporting, IterableDataset):
         strict: raise on an undecodable sample instead of skipping it.
     """
 
-    def __init__(self, urls: str | Sequence[str], size: int | None = None, random_crop: bool = False,
+    def __init__(self, urls: str | Sequence[str] | None = None, size: int | None = None, random_crop: bool = False,
                  flip_p: float = 0.0, interpolation: str = "bicubic", crop_size: int | None = None,
                  shuffle_buffer: int = 0, shardshuffle: bool = False, resampled: bool = False,
                  epoch_length: int | None = None, seed: int = 0, strict: bool = False,
-                 caption_key: str = "txt", class_key: str = "cls"):
-        self.urls = expand_urls(urls)
+                 caption_key: str = "txt", class_key: str = "cls", root: str | None = None):
+        if (urls is None) == (root is None):
+            raise ValueError("WebImageDataset: give exactly one of `urls` and `root` (its alias: a folder of .tar "
+                             "shards, a glob or a brace pattern)")
+        self.urls = expand_urls(urls if root is None else root)
         self.preprocess = ImagePreprocessor(size=size, random_crop=random_crop, flip_p=flip_p,
                                             interpolation=interpolation, crop_size=crop_size)
         self.shuffle_buffer = int(shuffle_buffer)

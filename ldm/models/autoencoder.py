@@ -96,9 +96,16 @@ class _AdversarialAutoencoder(L.LightningModule):
         self.gan_step = int(checkpoint.get("gan_step", 0))
 
     def init_from_ckpt(self, path: str, ignore_keys: Iterable[str] = ()) -> None:
-        from ldm.checkpoint import load_weights
+        """Load weights from a checkpoint file or a stage-1 run directory (its ``checkpoints/last.ckpt``),
+        after checking that the checkpoint has this model's architecture (one-line ConfigError if not)."""
+        from ldm.checkpoint import load_state_dict, load_weights
+        from ldm.models.first_stage_checkpoint import autoencoder_weights, check_architecture, resolve_checkpoint
 
-        load_weights(self, path, ignore_keys=list(ignore_keys or ()))
+        checkpoint = resolve_checkpoint(path)
+        state_dict = autoencoder_weights(load_state_dict(checkpoint))
+        check_architecture(self, state_dict, checkpoint, ignore_keys)
+        print(f"[{type(self).__name__}] weights from {checkpoint}")
+        load_weights(self, state_dict, ignore_keys=list(ignore_keys or ()))
 
     # -- data ---------------------------------------------------------------------------------------
     def get_input(self, batch: dict, key: str) -> torch.Tensor:

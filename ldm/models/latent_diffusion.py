@@ -114,7 +114,12 @@ class LatentDiffusion(DDPM):
             self._set_buffer("cond_ids", ids, persistent=False)
 
     def instantiate_first_stage(self, config) -> None:
-        model = config if isinstance(config, nn.Module) else instantiate_from_config(config, node="first_stage_config")
+        try:
+            model = config if isinstance(config, nn.Module) else instantiate_from_config(config, node="first_stage_config")
+        except ConfigError as err:
+            message = str(err)
+            raise ConfigError(message if message.startswith("first_stage_config") else
+                              f"first_stage_config: {message}") from err
         if model is None:
             raise ConfigError("first_stage_config must build a first stage (use IdentityFirstStage for pixel space)")
         self.first_stage_model = _freeze(model)
