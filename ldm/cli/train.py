@@ -144,6 +144,15 @@ def run(argv: Sequence[str] | None = None) -> RunResult:
             os.environ.pop(_RUN_DIR_ENV, None)
 
 
+def _launcher_rank() -> int:
+    """This process's global rank as an external launcher (torchrun, SLURM) set it; 0 otherwise."""
+    for variable in ("RANK", "SLURM_PROCID"):
+        value = os.environ.get(variable, "")
+        if value.isdigit():
+            return int(value)
+    return 0
+
+
 def _remove_if_empty(directory: Path) -> None:
     try:
         directory.rmdir()
@@ -203,9 +212,11 @@ def _run_parsed(opt, dotlist: list[str], now: str, child: bool) -> RunResult:
         reserved = os.environ.get(_RUN_DIR_ENV)
         if reserved:
             paths.logdir, paths.nowname = Path(reserved), Path(reserved).name
-    else:
+    elif _launcher_rank() == 0:
         reserve_run_directory(paths)
         os.environ[_RUN_DIR_ENV] = str(paths.logdir)
+    # else: a rank > 0 started by torchrun / SLURM writes nothing of its own (checkpoints, configs and
+    # logs are global rank 0's), so it must not create a directory of its own either
 
     import lightning as L
     from lightning.fabric.utilities.exceptions import MisconfigurationException
