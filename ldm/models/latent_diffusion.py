@@ -505,6 +505,12 @@ class LatentDiffusion(DDPM):
             null = self.append_mask(null, batch)  # the mask is an input, not dropped: same in both branches
         return batch_size, cond, null
 
+    def conditions_for_sampling(self, raw, negative=None, null_conditioning=None):
+        """``(batch size, condition, null condition)`` for raw conditions (labels, captions, a batch
+        or a stack's input dict, conditioning images) as :meth:`sample` uses them; ``negative``
+        replaces the null condition (see :meth:`null_conditioning`)."""
+        return self._prepare_condition(raw, None, negative, null_conditioning)
+
     def _no_drop(self, raw):
         """An all-False drop mask (no condition dropout at sampling, whatever the module's mode)."""
         if not self._supports_contract():
