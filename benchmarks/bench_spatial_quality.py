@@ -152,7 +152,7 @@ def main(argv=None) -> dict:
     batch = _validation(args.n)
     for mode in args.modes.split(","):
         config = ROOT / "configs" / "demo" / f"ldm_{mode}_kl_f4.yaml"
-        run, ckpt, seconds = _train(config, out / "runs", f"ldm_{mode}", max_steps=100_000, minutes=args.ldm_minutes,
+        run, _, seconds = _train(config, out / "runs", f"ldm_{mode}", max_steps=100_000, minutes=args.ldm_minutes,
                                     batch_size=32, seed=args.seed,
                                     overrides=[f"model.params.first_stage_config.params.ckpt_path={ae_ckpt}",
                                                "lightning.trainer.limit_val_batches=0",

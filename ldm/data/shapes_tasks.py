@@ -28,11 +28,11 @@ def box_mask(rng: np.random.Generator, silhouette: np.ndarray, hole_min: float, 
     size = silhouette.shape[-1]
     rows = np.flatnonzero(silhouette.any(axis=1))
     cols = np.flatnonzero(silhouette.any(axis=0))
-    cy = rng.uniform(rows[0], rows[-1] + 1)
-    cx = rng.uniform(cols[0], cols[-1] + 1)
-    h, w = rng.uniform(hole_min, hole_max, size=2) * size
-    top, left = int(round(max(0.0, cy - h / 2))), int(round(max(0.0, cx - w / 2)))
-    bottom, right = int(round(min(size, cy + h / 2))), int(round(min(size, cx + w / 2)))
+    cy = float(rng.uniform(rows[0], rows[-1] + 1))
+    cx = float(rng.uniform(cols[0], cols[-1] + 1))
+    h, w = (float(v) * size for v in rng.uniform(hole_min, hole_max, size=2))
+    top, left = round(max(0.0, cy - h / 2)), round(max(0.0, cx - w / 2))
+    bottom, right = round(min(size, cy + h / 2)), round(min(size, cx + w / 2))
     mask = np.zeros((size, size), dtype=np.float32)
     mask[top:max(bottom, top + 1), left:max(right, left + 1)] = 1.0
     return mask
