@@ -34,14 +34,20 @@ SHRINK = {
                       "log_images_kwargs": {"ddim_steps": 2, "N": 2, "guidance_scale": 2.0}}}}},
 }
 DEMOS = {"superres": "ldm_superres_kl_f4.yaml", "mask2img": "ldm_mask2img_kl_f4.yaml",
-         "inpaint": "ldm_inpaint_kl_f4.yaml"}
+         "inpaint": "ldm_inpaint_kl_f4.yaml", "inpaint_text": "ldm_inpaint_text_kl_f4.yaml"}
+
+
+HYBRID = {"model": {"params": {"unet_config": {"params": {"attention_resolutions": [1]}}}}}
 
 
 def _train(root: Path, config: str, name: str) -> Path:
+    from omegaconf import OmegaConf
+
     from ldm.cli.train import run as train
 
     override = root / f"{name}.yaml"
-    override.write_text(yaml.safe_dump(SHRINK))
+    shrink = OmegaConf.merge(SHRINK, HYBRID) if "text" in name else SHRINK
+    override.write_text(yaml.safe_dump(OmegaConf.to_container(OmegaConf.create(shrink))))
     result = train(["-b", str(REPO / "configs" / "demo" / config), str(override), "-t", "--no-test",
                     "-l", str(root / "logs"), "-n", name, "--logger", "none", "-s", "1"])
     assert (result.logdir / "checkpoints" / "last.ckpt").is_file()
@@ -76,7 +82,7 @@ def test_demo_trains_and_logs_images(runs, mode):
     names = {p.name.split("_gs-")[0] for p in logged}
     assert {"samples", "inputs"} <= names, names
     assert any(n.startswith("conditioning") for n in names), names
-    if mode == "mask2img":  # trained with condition dropout: guided samples use the zero-map null
+    if mode in ("mask2img", "inpaint_text"):  # trained with condition dropout: guided samples too
         assert any(n.startswith("samples_cfg_scale_2.00") for n in names), names
 
 
@@ -175,3 +181,21 @@ def test_log_images_and_sample_of_a_concat_model_at_scale_one(runs):
     assert torch.allclose(explicit, guided, atol=1e-6)
     with pytest.raises(ValueError, match="null_conditioning"):
         model.sample(None, conditioning=cond, steps=2, guidance_scale=2.0)
+
+
+def test_hybrid_inpaint_cli_with_prompt_and_negative_prompt(runs, tmp_path):
+    image = _png(tmp_path / "x.png", shapes_picture(16))
+    hole = np.zeros((16, 16), dtype=np.uint8)
+    hole[4:12, 4:12] = 255
+    mask = _png(tmp_path / "m.png", hole)
+    args = ["--image", str(image), "--mask", str(mask), "--n_samples", "1", "--no-paste", "--scale", "3"]
+    with pytest.raises(SampleError, match="--prompt"):
+        sample("inpaint", runs["inpaint_text"], tmp_path / "e", *args)
+    plain = sample("inpaint", runs["inpaint_text"], tmp_path / "a", *args, "--prompt", "a red square")
+    negative = sample("inpaint", runs["inpaint_text"], tmp_path / "b", *args, "--prompt", "a red square",
+                      "--negative-prompt", "a blue circle")
+    assert plain.settings["conditions"] == ["a red square"]
+    assert plain.settings["concat_inputs"] == ["inpaint_mask", "masked_image"]
+    assert "caption -> crossattn" in plain.settings["model"]["conditioning"]
+    assert negative.settings["negative_prompt"] == "a blue circle"
+    assert Image.open(plain.files[0]).size == (16, 16)
