@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -137,7 +138,8 @@ def main(argv=None) -> dict:
     torch.set_num_threads(threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    report: dict = {"command": " ".join(["python -m benchmarks.bench_spatial_quality", *(argv or [])]),
+    given = sys.argv[1:] if argv is None else list(argv)
+    report: dict = {"command": " ".join(["python -m benchmarks.bench_spatial_quality", *given]),
                     "threads": threads, "cpu": _cpu_name()}
     if args.ae_ckpt:
         ae_ckpt, ae_steps, ae_seconds = Path(args.ae_ckpt), 0, 0.0
