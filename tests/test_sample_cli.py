@@ -176,6 +176,33 @@ def test_txt2img_prompts_and_prompt_file(runs, tmp_path):
     assert Image.open(result.grid).size == (2 + 2 * 18, 2 + 3 * 18)  # 3 rows (prompts) x 2 samples
 
 
+def test_negative_prompt_is_cfg_with_that_caption_as_the_null(runs, tmp_path):
+    from ldm.cli.load_model import load_model
+    from ldm.cli.sampling_io import to_uint8
+
+    args = ["--prompt", "a red circle", "--n_samples", "2", "--scale", "3"]
+    result = sample("txt2img", runs["text"], tmp_path / "neg", *args, "--negative-prompt", "a blue square")
+    assert result.settings["negative_prompt"] == "a blue square"
+    model = load_model(run=str(runs["text"]), device="cpu").model
+    x_T = torch.randn((2, model.channels, 4, 4), generator=torch.Generator().manual_seed(42))
+    common = {"steps": 3, "x_T": x_T, "guidance_scale": 3.0}
+    prompts = ["a red circle"] * 2
+    negative = model.sample(prompts, negative=["a blue square"] * 2, **common)
+    null = model.get_learned_conditioning(["a blue square"] * 2)
+    explicit = model.sample(None, conditioning=model.get_learned_conditioning(prompts), null_conditioning=null,
+                            **common)
+    assert torch.allclose(negative, explicit, atol=1e-6)  # a negative prompt = CFG with its condition as the null
+    assert not torch.allclose(negative, model.sample(prompts, **common))  # and it changes the output
+    written = np.stack([pixels(f) for f in result.files])
+    assert np.abs(written - to_uint8(negative).astype(np.int16)).max() <= 1  # the CLI does exactly that
+    with pytest.raises(SampleError, match="--scale"):
+        sample("txt2img", runs["text"], tmp_path / "s1", "--prompt", "x", "--scale", "1", "--negative-prompt", "y")
+    with pytest.raises(SampleError, match="text-conditional"):
+        shapes_image(tmp_path / "init.png")
+        sample("img2img", runs["class"], tmp_path / "c", "--init-img", str(tmp_path / "init.png"), "--classes", "1",
+               "--negative-prompt", "y")
+
+
 def test_img2img_on_a_text_model(runs, tmp_path):
     init = tmp_path / "init.png"
     shapes_image(init, size=32)  # a 32x32 input: sampled at its own size (convolutionally)

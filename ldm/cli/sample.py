@@ -6,7 +6,13 @@ Modes::
     class     class-conditional models          --classes 0,3,5 | all
     txt2img   text-conditional models           --prompt "a red circle" [--prompt ...] | --from-file F
     img2img   any of the above, from an image   --init-img PATH --strength 0.75 [--prompt | --classes]
-    inpaint   any of the above, with a mask     --init-img PATH --mask PATH (white = regenerate)
+    inpaint   any of the above, with a mask     --image PATH --mask PATH (white = regenerate); an
+              inpainting model (masked image + mask concatenated) fills the hole itself
+    superres  super-resolution models           --input low.png
+    mask2img  mask / semantic-map models        --input mask.png
+
+``--negative-prompt`` replaces the null condition of classifier-free guidance by a caption's
+(text-conditional and hybrid models). The spatial modes live in :mod:`ldm.cli.sample_spatial`.
 
 The model comes from ``--run DIR`` (a run directory of ``main.py``: configs/*-project.yaml and
 checkpoints/last.ckpt) or ``--ckpt PATH --config YAML``; weights are loaded without unpickling
@@ -29,7 +35,7 @@ from typing import Any, Sequence
 
 from ldm.cli.load_model import SampleError
 
-MODES = ("uncond", "class", "txt2img", "img2img", "inpaint")
+MODES = ("uncond", "class", "txt2img", "img2img", "inpaint", "superres", "mask2img")
 #: which conditioning each mode drives; img2img / inpaint follow the model
 MODE_KIND = {"uncond": "none", "class": "class", "txt2img": "text"}
 #: classifier-free guidance scale when --scale is not given (original txt2img: 5.0; class notebook: 3.0)
@@ -99,6 +105,9 @@ def _common_parser() -> argparse.ArgumentParser:
 def _add_condition_flags(parser: argparse.ArgumentParser, *, text: bool, classes: bool) -> None:
     if text:
         parser.add_argument("--prompt", action="append", default=None, help="a caption (repeatable)")
+        parser.add_argument("--negative-prompt", "--negative_prompt", dest="negative_prompt", default=None,
+                            help="a caption to steer away from: its condition replaces the null condition "
+                                 "in classifier-free guidance (needs --scale != 1)")
         parser.add_argument("--from-file", "--from_file", dest="from_file", default=None,
                             help="a text file with one prompt per line")
     if classes:
@@ -119,7 +128,8 @@ def build_parser() -> argparse.ArgumentParser:
                        ("inpaint", "regenerate the white region of --mask, keep the rest")):
         sub = modes.add_parser(mode, help=text, **kw)
         _add_condition_flags(sub, text=True, classes=True)
-        sub.add_argument("--init-img", "--init_img", dest="init_img", required=True, help="the input image")
+        sub.add_argument("--init-img", "--init_img", "--image", dest="init_img", required=True,
+                         help="the input image")
         if mode == "img2img":
             sub.add_argument("--strength", type=float, default=0.75,
                              help="noise level to start from, in (0, 1]: 1 = pure noise (default 0.75)")
@@ -127,6 +137,11 @@ def build_parser() -> argparse.ArgumentParser:
             sub.add_argument("--mask", required=True, help="mask image: white = regenerate, black = keep")
             sub.add_argument("--no-paste", "--no_paste", dest="no_paste", action="store_true",
                              help="do not paste the known pixels back over the decoded result")
+    for mode, text in (("superres", "super-resolution: --input is the low-resolution image"),
+                       ("mask2img", "mask-to-image: --input is the mask (white = shape) or a label map")):
+        sub = modes.add_parser(mode, help=text, **kw)
+        _add_condition_flags(sub, text=True, classes=False)
+        sub.add_argument("--input", required=True, help="the conditioning image")
     return parser
 
 
@@ -199,12 +214,24 @@ def _pixel_size(args: argparse.Namespace, model) -> tuple[int, int]:
 
 
 def _check_numbers(args: argparse.Namespace) -> None:
+    import math
+
+    for flag, value in (("--scale", args.scale), ("--eta", args.eta), ("--rescale", args.rescale),
+                        ("--strength", getattr(args, "strength", None))):
+        if value is not None and not math.isfinite(value):
+            raise SampleError(f"{flag} must be a finite number, got {value}")
+    if args.scale is not None and args.scale < 0:
+        raise SampleError(f"--scale must be >= 0 (1 = no guidance), got {args.scale}")
     if args.mode == "img2img" and not 0.0 < args.strength <= 1.0:
         raise SampleError(f"--strength must be in (0, 1], got {args.strength}")
     if not 0.0 <= args.rescale <= 1.0:
         raise SampleError(f"--rescale must be in [0, 1], got {args.rescale}")
     if args.eta is not None and args.eta < 0:
         raise SampleError(f"--eta must be >= 0, got {args.eta}")
+    if getattr(args, "input", None) is not None:
+        from ldm.cli.sampling_io import image_size
+
+        image_size(args.input, "--input")
     if args.mode in ("img2img", "inpaint"):
         from ldm.cli.sampling_io import image_size
 
@@ -236,13 +263,29 @@ def run(argv: Sequence[str] | None = None) -> SampleResult:
                           "python -m ldm.cli.evaluate --autoencoder-config ... --autoencoder-ckpt ...")
     for note in loaded.notes:
         print(f"note: {note}")
+    from ldm.cli import sample_spatial
+
     kind = conditioning_kind(model)
-    _check_mode(args, kind, model)
+    spatial = args.mode in sample_spatial.SPATIAL_MODES or (args.mode == "inpaint"
+                                                           and sample_spatial.has_concat_inputs(model))
+    if not spatial:
+        _check_mode(args, kind, model)
+    elif sample_spatial.text_input_key(model):
+        kind = "text"  # a hybrid model: captions by cross-attention + spatial inputs by concat
     conditions = _conditions(args, model, kind)
-    scale = DEFAULT_SCALE[kind] if args.scale is None else float(args.scale)
+    scale = (1.0 if spatial else DEFAULT_SCALE[kind]) if args.scale is None else float(args.scale)
     if kind == "none" and scale != 1.0:
         raise SampleError(f"--scale {scale}: guidance needs a conditional model; this model is unconditional")
-    height, width = _pixel_size(args, model)
+    negative = getattr(args, "negative_prompt", None)
+    if negative is not None and kind != "text" and not sample_spatial.text_input_key(model):
+        raise SampleError(f"--negative-prompt needs a text-conditional model; this model is {describe(model)}")
+    if negative is not None and scale == 1.0:
+        raise SampleError("--negative-prompt acts through classifier-free guidance: give --scale other than 1")
+    spatial_raw = spatial_px = None
+    if spatial:
+        spatial_raw, (height, width), spatial_px = sample_spatial.spatial_condition(args, model)
+    else:
+        height, width = _pixel_size(args, model)
     shape = latent_shape(model, height, width)
     settings = sampler_settings(model, args.sampler, args.steps, args.eta)
     sampler = build_sampler(model, settings, progress=not args.no_progress)
@@ -254,10 +297,12 @@ def run(argv: Sequence[str] | None = None) -> SampleResult:
     generator = torch.Generator().manual_seed(args.seed)
     items = [c for c in conditions for _ in range(args.n_samples)]
     init = keep_px = x_start = keep_latent = None
-    if args.mode in ("img2img", "inpaint"):
+    if spatial_px:  # an inpainting model: it sees the masked image; the known pixels are pasted back
+        init, keep_px = spatial_px["init"].to(device), 1.0 - spatial_px["regenerate"].to(device)
+    elif args.mode in ("img2img", "inpaint"):
         init = load_image(args.init_img, height, width, image_channels(model)).to(device)
         x_start = encode_images(model, init)
-    if args.mode == "inpaint":
+    if args.mode == "inpaint" and not spatial:
         regenerate = load_mask(args.mask, height, width).to(device)
         keep_px = 1.0 - regenerate
         keep_latent = 1.0 - downsample_mask(regenerate, first_stage_factor(model))
@@ -274,7 +319,11 @@ def run(argv: Sequence[str] | None = None) -> SampleResult:
         for begin in range(0, len(items), args.batch_size):
             chunk = items[begin:begin + args.batch_size]
             n = len(chunk)
-            images = draw_batch(model, sampler, raw_condition=_raw_batch(kind, chunk, device), batch_size=n,
+            raw = _raw_batch(kind, chunk, device)
+            if spatial:
+                raw = sample_spatial.repeat_inputs(spatial_raw, n, device, sample_spatial.text_inputs(model, chunk))
+            images = draw_batch(model, sampler, raw_condition=raw, batch_size=n,
+                                negative=None if negative is None else [negative] * n,
                                 scale=scale, rescale=args.rescale, shape=(n, *shape),
                                 x_T=None if noise is None else noise[begin:begin + n].to(device),
                                 x_start=_repeat(x_start, n), strength=getattr(args, "strength", 1.0),
@@ -296,7 +345,8 @@ def run(argv: Sequence[str] | None = None) -> SampleResult:
         "batch_size": args.batch_size, "H": height, "W": width, "latent_shape": list(shape), "ema": use_ema,
         "device": str(device), "conditions": conditions if kind != "none" else [],
         "strength": getattr(args, "strength", None), "init_img": getattr(args, "init_img", None),
-        "mask": getattr(args, "mask", None), "paste_known": None if args.mode != "inpaint" else not args.no_paste,
+        "mask": getattr(args, "mask", None), "input": getattr(args, "input", None),
+        "negative_prompt": negative, "concat_inputs": sorted(spatial_raw) if spatial else [], "paste_known": None if args.mode != "inpaint" else not args.no_paste,
         "seconds": round(seconds, 3), "seconds_per_image": round(seconds / max(1, len(items)), 4),
     }
     settings_path, record = writer.write_settings(record, items if kind != "none" else [None] * len(items))

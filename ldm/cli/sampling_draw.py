@@ -53,13 +53,19 @@ def guided_denoiser(model, null_cond: Any, scale: float, rescale: float = 0.0):
 def draw_batch(model, sampler, *, raw_condition: Any = None, batch_size: int, scale: float = 1.0,
                rescale: float = 0.0, x_T: torch.Tensor | None = None, shape=None,
                x_start: torch.Tensor | None = None, strength: float = 1.0,
-               keep_mask: torch.Tensor | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Images in [-1, 1] for one batch. ``raw_condition``: labels (LongTensor) or captions (list of
-    str) for conditional models, None otherwise. ``x_start``/``keep_mask`` are in model space."""
+               keep_mask: torch.Tensor | None = None, generator: torch.Generator | None = None,
+               negative: Any = None) -> torch.Tensor:
+    """Images in [-1, 1] for one batch. ``raw_condition``: labels (LongTensor), captions (list of
+    str) or a dict of inputs (spatial conditions: ``{key: B×C×h×w}``) for conditional models, None
+    otherwise. ``negative``: raw negative conditions (e.g. captions) that replace the null condition
+    in classifier-free guidance. ``x_start``/``keep_mask`` are in model space."""
     cond = null = None
     if raw_condition is not None:
-        cond = model.get_learned_conditioning(raw_condition)
-        null = model.null_conditioning(batch_size) if scale != 1.0 else None
+        try:
+            _, cond, null = model.conditions_for_sampling(raw_condition, negative=negative)
+        except (ValueError, KeyError, TypeError) as err:
+            raise SampleError(f"cannot build the condition: {err}") from err
+        null = null if scale != 1.0 else None
     denoise = guided_denoiser(model, null, scale, rescale)
     device = model.device
     kwargs: dict[str, Any] = {"cond": cond, "generator": generator, "device": device, "dtype": torch.float32}

@@ -81,11 +81,11 @@ def load_image(path: str, height: int, width: int, channels: int = 3, flag: str 
     return torch.from_numpy(array).permute(2, 0, 1)[None].contiguous()
 
 
-def load_mask(path: str, height: int, width: int) -> torch.Tensor:
+def load_mask(path: str, height: int, width: int, flag: str = "--mask") -> torch.Tensor:
     """A mask file as ``1×1×H×W`` in {0, 1}: 1 (white, > 50% grey) = regenerate, 0 (black) = keep."""
     from PIL import Image
 
-    mask = _open_image(path, "--mask").convert("L")
+    mask = _open_image(path, flag).convert("L")
     if mask.size != (width, height):
         mask = mask.resize((width, height), Image.NEAREST)
     array = (np.asarray(mask, dtype=np.float32) / 255.0 > 0.5).astype(np.float32)

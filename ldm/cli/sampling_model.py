@@ -42,6 +42,10 @@ def conditioning_kind(model) -> str:
 
 
 def describe(model) -> str:
+    if getattr(model, "is_stack", False):
+        stack = model.cond_stage_model
+        entries = ", ".join(f"{key} -> {slot}" for key, slot in zip(stack.input_keys, stack.output_keys))
+        return f"conditioned by a ConditionerStack ({entries})"
     kind = conditioning_kind(model)
     cond_model = getattr(model, "cond_stage_model", None)
     what = KIND_NAMES[kind]

@@ -25,7 +25,7 @@ from typing import Any, Mapping, Sequence
 import torch
 from torch import nn
 
-from ldm.models.conditioning import BARE_TENSOR_ENTRY
+from ldm.models.conditioning import BARE_TENSOR_ENTRY, concat_inputs
 from ldm.models.ddpm import DDPM
 from ldm.util import ConfigError, instantiate_from_config
 
@@ -49,6 +49,21 @@ def _freeze(module: nn.Module) -> nn.Module:
     for p in module.parameters():
         p.requires_grad_(False)
     return module
+
+
+def _as_picture(value, size) -> torch.Tensor | None:
+    """An image-like raw condition (3-channel image in [-1, 1], or a 1-channel mask in [0, 1]) as a
+    3-channel picture of the logged size, for the image log; None for anything else."""
+    if not (isinstance(value, torch.Tensor) and value.ndim == 4 and value.is_floating_point()):
+        return None
+    if value.shape[1] == 1:
+        value = (value * 2.0 - 1.0).repeat(1, 3, 1, 1)
+    elif value.shape[1] != 3:
+        return None
+    value = value.float()
+    if tuple(value.shape[-2:]) != tuple(size):
+        value = torch.nn.functional.interpolate(value, size=tuple(size), mode="nearest")
+    return value.clamp(-1, 1)
 
 
 class LatentDiffusion(DDPM):
@@ -135,6 +150,8 @@ class LatentDiffusion(DDPM):
             return
         model = config if isinstance(config, nn.Module) else instantiate_from_config(config, node="cond_stage_config")
         self.cond_stage_model = model if self.cond_stage_trainable else _freeze(model)
+        if self.is_stack:
+            model.attach_first_stage(lambda x: self.encode_to_latent(x, sample=False))
         output_key = getattr(model, "output_key", None)
         expected = BARE_TENSOR_ENTRY.get(self.conditioning_key)
         if output_key is not None and expected is not None and output_key != expected:
@@ -298,6 +315,19 @@ class LatentDiffusion(DDPM):
         return super().prepare_state_dict(state_dict)
 
     # ------------------------------------------------------------------ conditioning
+    @property
+    def is_stack(self) -> bool:
+        """The conditioner is a :class:`~ldm.modules.conditioners.stack.ConditionerStack` (raw
+        conditions are dicts keyed by its input keys)."""
+        from ldm.modules.conditioners.stack import ConditionerStack
+
+        return isinstance(getattr(self, "cond_stage_model", None), ConditionerStack)
+
+    @property
+    def can_guide(self) -> bool:
+        """The conditioner provides a null condition (classifier-free guidance is possible)."""
+        return self._supports_contract()
+
     def _supports_contract(self) -> bool:
         model = self.cond_stage_model
         return model is not None and callable(getattr(model, "null_condition", None))
@@ -324,23 +354,60 @@ class LatentDiffusion(DDPM):
             return out.mode() if callable(getattr(out, "mode", None)) else out
         return model(c)
 
-    def null_conditioning(self, batch_size: int):
-        """The learned null condition for ``batch_size`` samples, or None if the conditioner has none."""
+    def null_conditioning(self, batch_size: int, raw=None, negative=None):
+        """The null condition (CFG's unconditional branch) for ``batch_size`` samples, or None if the
+        conditioner has none. Spatial conditioners (``SpatialRescaler``, a ``ConditionerStack``) take
+        its shape from the raw inputs ``raw`` (zeros of the encoded shape; see each conditioner).
+        ``negative``: a negative prompt / condition that replaces the null - raw input for a single
+        conditioner, ``{input_key: value}`` for a stack (the other entries keep their own null)."""
         if not self._supports_contract():
+            if negative is not None:
+                raise ValueError("a negative condition needs a conditioner with a null condition")
             return None
-        return self.cond_stage_model.null_condition(batch_size)
+        model = self.cond_stage_model
+        if self.is_stack:
+            if raw is None:
+                raise ValueError("the null condition of a conditioner stack needs the raw inputs (a dict)")
+            if negative is not None and not isinstance(negative, Mapping):
+                keys = [k for k, s in zip(model.input_keys, model.output_keys) if s == "crossattn"]
+                if len(keys) != 1:
+                    raise ValueError(f"a negative prompt needs exactly one cross-attention input, this stack has {keys}")
+                negative = {keys[0]: negative}
+            null = model.null_condition(raw, overrides=negative)
+        elif negative is not None:
+            null = model.encode(negative, drop_mask=self._no_drop(negative))
+        elif getattr(model, "null_needs_input", False):
+            if raw is None:
+                raise ValueError(f"the null condition of {type(model).__name__} needs the raw input (its shape)")
+            null = model.null_condition(raw)
+        else:
+            null = model.null_condition(batch_size)
+        return null
+
+    def _raw_batch_size(self, raw) -> int:
+        if self.is_stack:
+            return self.cond_stage_model.batch_size(raw)
+        return raw.shape[0] if isinstance(raw, torch.Tensor) else len(raw)
 
     def raw_condition(self, batch: Mapping, n: int | None = None):
-        """``batch[cond_stage_key]`` moved to the model's device (first ``n`` rows)."""
-        if self.cond_stage_key not in batch:
-            raise KeyError(f"batch has no key {self.cond_stage_key!r} for the condition (keys: {sorted(batch)}); "
-                           "check cond_stage_key")
-        raw = batch[self.cond_stage_key]
+        """``batch[cond_stage_key]`` moved to the model's device (first ``n`` rows); for a conditioner
+        stack, the dict of its input keys."""
+        if self.is_stack:
+            return {key: self._raw_value(batch, key, n, spatial=True)
+                    for key in dict.fromkeys(self.cond_stage_model.input_keys)}
+        spatial = self.cond_is_first_stage or self.conditioning_key == "concat"
+        return self._raw_value(batch, self.cond_stage_key, n, spatial)
+
+    def _raw_value(self, batch: Mapping, key: str, n: int | None, spatial: bool):
+        if key not in batch:
+            raise KeyError(f"batch has no key {key!r} for the condition (keys: {sorted(batch)}); "
+                           "check cond_stage_key / the conditioners' input_key")
+        raw = batch[key]
         if n is not None:
             raw = raw[:n]
         if isinstance(raw, torch.Tensor):
             raw = raw.to(self.device)
-            if raw.is_floating_point() and raw.ndim == 4 and (self.cond_is_first_stage or self.conditioning_key == "concat"):
+            if raw.is_floating_point() and raw.ndim == 4 and spatial:
                 raw = raw.float()
         return raw
 
@@ -352,8 +419,11 @@ class LatentDiffusion(DDPM):
         drop = self.training if drop is None else drop
         drop_mask = self._no_drop(raw)
         if drop and self.ucg_rate > 0:
-            batch_size = raw.shape[0] if isinstance(raw, torch.Tensor) else len(raw)
-            drop_mask = torch.rand(batch_size, device=self.device) < self.ucg_rate
+            batch_size = self._raw_batch_size(raw)
+            if self.is_stack:  # one independent mask per entry, each at its own ucg_rate
+                drop_mask = self.cond_stage_model.sample_drop_masks(batch_size, self.device)
+            else:
+                drop_mask = torch.rand(batch_size, device=self.device) < self.ucg_rate
         if self.cond_stage_trainable:
             cond = self.get_learned_conditioning(raw, drop_mask)
         else:
@@ -369,8 +439,7 @@ class LatentDiffusion(DDPM):
             return cond
         mask = self.image_from_batch(batch, self.concat_mask_key)[:n].to(self.device)
         target = cond["concat"] if isinstance(cond, Mapping) else cond
-        mask = torch.nn.functional.interpolate(mask, size=target.shape[-2:], mode="nearest").to(target.dtype)
-        joined = torch.cat([target, mask], dim=1)
+        joined = concat_inputs([target, mask.to(target.dtype)])
         if isinstance(cond, Mapping):
             return {**cond, "concat": joined}
         return joined
@@ -429,13 +498,18 @@ class LatentDiffusion(DDPM):
         return groups
 
     # ------------------------------------------------------------------ sampling
-    def _prepare_condition(self, cond_or_batch_size, conditioning):
+    def _prepare_condition(self, cond_or_batch_size, conditioning, negative=None, null_conditioning=None):
         """(batch size, learned condition, null condition) for :meth:`sample`."""
         if conditioning is not None:
             from ldm.samplers.guidance import _batch_of
 
             batch_size = _batch_of(conditioning)
-            return batch_size, conditioning, self.null_conditioning(batch_size)
+            if null_conditioning is None and (negative is not None or self.is_stack
+                                              or getattr(self.cond_stage_model, "null_needs_input", False)):
+                raise ValueError("with a learned `conditioning`, pass `null_conditioning` too (this null "
+                                 "needs the raw inputs), or pass the raw conditions instead")
+            null = null_conditioning if null_conditioning is not None else self.null_conditioning(batch_size)
+            return batch_size, conditioning, null
         if isinstance(cond_or_batch_size, int):
             if self.cond_stage_model is not None:
                 raise ValueError(f"this model is conditional on {self.cond_stage_key!r}: pass the raw conditions "
@@ -444,15 +518,26 @@ class LatentDiffusion(DDPM):
         raw = cond_or_batch_size
         if self.cond_stage_model is None:
             raise ValueError("an unconditional model takes a batch size, not a condition")
-        if isinstance(raw, Mapping):  # a batch: its condition (and inpainting mask)
-            cond = self.condition_from_batch(raw, drop=False)
-            raw = self.raw_condition(raw)
+        batch = raw if isinstance(raw, Mapping) else None
+        if batch is not None:  # a batch (or a stack's inputs): its condition (and inpainting mask)
+            cond = self.condition_from_batch(batch, drop=False)
+            raw = self.raw_condition(batch)
         else:
             raw = raw.to(self.device) if isinstance(raw, torch.Tensor) else raw
             cond = self.get_learned_conditioning(raw, self._no_drop(raw))
-        batch_size = raw.shape[0] if isinstance(raw, torch.Tensor) else len(raw)
-        null = self.null_conditioning(batch_size) if self.concat_mask_key is None else None
+        batch_size = self._raw_batch_size(raw)
+        if null_conditioning is not None:
+            return batch_size, cond, null_conditioning
+        null = self.null_conditioning(batch_size, raw=raw, negative=negative)
+        if null is not None and self.concat_mask_key is not None:
+            null = self.append_mask(null, batch)  # the mask is an input, not dropped: same in both branches
         return batch_size, cond, null
+
+    def conditions_for_sampling(self, raw, negative=None, null_conditioning=None):
+        """``(batch size, condition, null condition)`` for raw conditions (labels, captions, a batch
+        or a stack's input dict, conditioning images) as :meth:`sample` uses them; ``negative``
+        replaces the null condition (see :meth:`null_conditioning`)."""
+        return self._prepare_condition(raw, None, negative, null_conditioning)
 
     def _no_drop(self, raw):
         """An all-False drop mask (no condition dropout at sampling, whatever the module's mode)."""
@@ -466,17 +551,20 @@ class LatentDiffusion(DDPM):
                eta: float | None = None, guidance_scale: float = 1.0, guidance_rescale: float = 0.0,
                shape: Sequence[int] | None = None, x_T: torch.Tensor | None = None,
                generator: torch.Generator | None = None, use_ema: bool = True, conditioning=None,
-               return_latents: bool = False, progress: bool = False, **options) -> torch.Tensor:
+               negative=None, null_conditioning=None, return_latents: bool = False, progress: bool = False,
+               **options) -> torch.Tensor:
         """Generate images in [-1, 1].
 
         ``cond_or_batch_size``: a batch size (unconditional models), or raw conditions such as a
         tensor of class labels, a list of captions, a batch dict, or conditioning images; or pass an
         already learned ``conditioning``. ``guidance_scale`` > 1 applies classifier-free guidance with
-        the conditioner's null condition. ``shape`` is the latent ``(C, h, w)`` (default: trained
+        the conditioner's null condition, or with ``null_conditioning`` (learned), or with the condition
+        of ``negative`` (a negative prompt: raw, or ``{input_key: raw}`` for a stack). ``shape`` is the latent ``(C, h, w)`` (default: trained
         size; larger sizes give convolutional sampling). ``return_latents`` skips decoding.
         """
         with self._maybe_ema(use_ema):
-            batch_size, cond, null = self._prepare_condition(cond_or_batch_size, conditioning)
+            batch_size, cond, null = self._prepare_condition(cond_or_batch_size, conditioning, negative,
+                                                             null_conditioning)
             z = self.run_sampler(batch_size, cond, null, sampler=sampler, steps=steps, eta=eta,
                                  guidance_scale=guidance_scale, guidance_rescale=guidance_rescale, shape=shape,
                                  x_T=x_T, generator=generator, progress=progress, **options)
@@ -497,8 +585,11 @@ class LatentDiffusion(DDPM):
         if self.first_stage_key in batch:  # a latent-cache batch holds no image
             out["inputs"] = self.image_from_batch(batch, self.first_stage_key)[:n].to(self.device).clamp(-1, 1)
         raw = self.raw_condition(batch, n) if self.cond_stage_model is not None else None
-        if isinstance(raw, torch.Tensor) and raw.ndim == 4 and raw.shape[1] == 3 and raw.is_floating_point():
-            out["conditioning"] = raw.float().clamp(-1, 1)
+        size = out["reconstruction"].shape[-2:]
+        for name, value in (raw.items() if isinstance(raw, Mapping) else [("", raw)]):
+            shown = _as_picture(value, size)
+            if shown is not None:
+                out["conditioning" + (f"_{name}" if name else "")] = shown
         if plot_diffusion_rows:
             out["diffusion_row"] = self.diffusion_row(z[:n_row])
         if sample:
@@ -506,7 +597,7 @@ class LatentDiffusion(DDPM):
             if self.concat_mask_key is not None:
                 source = {k: v[:n] for k, v in batch.items() if k in (self.cond_stage_key, self.concat_mask_key)}
             out["samples"] = self.sample(source, steps=ddim_steps, eta=ddim_eta)
-            if guidance_scale != 1.0 and self.null_conditioning(1) is not None:
+            if guidance_scale != 1.0 and self.can_guide:
                 out[f"samples_cfg_scale_{guidance_scale:.2f}"] = self.sample(
                     source, steps=ddim_steps, eta=ddim_eta, guidance_scale=guidance_scale)
         return out

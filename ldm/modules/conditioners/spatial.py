@@ -3,7 +3,10 @@
 Used for super-resolution (the low-res image), inpainting (masked image + mask) and semantic
 synthesis (one-hot maps, remapped to a few channels by ``channel_mapper``) — LDM Sec. 4.4–4.5.
 ``n_stages`` interpolations by ``multiplier`` each, then an optional 1×1 conv (``channel_mapper``).
-The null condition is all zeros.
+Null condition: all zeros of the encoded shape (``zeros_like(encode(x))``: "no map / no
+low-res image"), so it needs the input itself, not a batch size (``null_needs_input``). A model
+sees it in training only with ``ucg_rate > 0``; in a :class:`~ldm.modules.conditioners.stack.ConditionerStack`
+an entry without dropout keeps its input in both CFG branches instead.
 """
 from __future__ import annotations
 
@@ -19,6 +22,8 @@ METHODS = ("nearest", "linear", "bilinear", "trilinear", "bicubic", "area")
 
 @register_conditioner("spatial_rescaler", "spatial")
 class SpatialRescaler(Conditioner):
+    null_needs_input = True
+
     def __init__(self, n_stages: int = 1, method: str = "bilinear", multiplier: float = 0.5, in_channels: int = 3,
                  out_channels: int | None = None, bias: bool = False, ucg_rate: float = 0.0):
         super().__init__(output_key="concat", ucg_rate=ucg_rate)
