@@ -43,3 +43,34 @@ def tiny_model_node(name: str) -> dict:
     dd.update(ch=32, ch_mult=[1, 2], resolution=16)
     p["image_size"] = 8
     return node
+
+
+SD1_CONFIG = Path(__file__).parent / "fixtures" / "ldm_configs" / "sd-v1-inference.yaml"
+
+
+def tiny_clip_text_dir(path: Path, width: int = 32) -> str:
+    """A tiny random CLIPTextModel + a CLIPTokenizer built offline from open_clip's BPE vocabulary."""
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from ldm.convert.diffusers_sd import open_clip_tokenizer
+
+    tokenizer = open_clip_tokenizer()
+    tokenizer.pad_token = "<|endoftext|>"  # SD v1's tokenizer pads with the end token
+    tokenizer.save_pretrained(path)
+    config = CLIPTextConfig(vocab_size=49408, hidden_size=width, intermediate_size=37, num_hidden_layers=2,
+                            num_attention_heads=2, max_position_embeddings=77)
+    CLIPTextModel(config).save_pretrained(path)
+    return str(path)
+
+
+def tiny_sd1_node(clip_dir: str) -> dict:
+    """SD v1's config, shrunk: 3 levels (no attention at the first), 1 residual block, 4 heads of 8."""
+    node = OmegaConf.to_container(OmegaConf.load(SD1_CONFIG).model)
+    p = node["params"]
+    p["unet_config"]["params"].update(model_channels=32, channel_mult=[1, 2, 2], num_res_blocks=1,
+                                      attention_resolutions=[2, 4], num_heads=4, context_dim=32,
+                                      use_checkpoint=False, image_size=8)
+    p["first_stage_config"]["params"]["ddconfig"].update(ch=32, ch_mult=[1, 2], resolution=16)
+    p["cond_stage_config"]["params"] = {"version": clip_dir}
+    p["image_size"] = 8
+    return node
