@@ -34,9 +34,9 @@ class _TextPlusImageCondition(LatentDiffusion):
 
     @staticmethod
     def _split_ckpt_args(kwargs: dict) -> tuple[dict, dict]:
-        """(kwargs without the checkpoint arguments, those arguments): the checkpoint is loaded only
-        once the subclass's own modules exist."""
-        ckpt = {k: kwargs.pop(k) for k in ("ckpt_path", "ignore_keys", "load_only_unet", "trust_checkpoint")
+        """(kwargs without the checkpoint and LoRA arguments, those arguments): the checkpoint is loaded
+        only once the subclass's own modules exist, and the adapters are injected after it."""
+        ckpt = {k: kwargs.pop(k) for k in ("ckpt_path", "ignore_keys", "load_only_unet", "trust_checkpoint", "lora")
                 if k in kwargs}
         return kwargs, ckpt
 
@@ -46,6 +46,10 @@ class _TextPlusImageCondition(LatentDiffusion):
                                 only_model=ckpt.get("load_only_unet", False),
                                 trust_checkpoint=ckpt.get("trust_checkpoint", False))
             self.restarted_from_ckpt = True
+        if ckpt.get("lora") is not None:
+            from ldm.lora import apply_lora
+
+            apply_lora(self, ckpt["lora"])
 
     def image_condition(self, batch: Mapping, n: int | None) -> dict:
         raise NotImplementedError
