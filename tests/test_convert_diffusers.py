@@ -31,7 +31,8 @@ def models(tmp_path_factory):
     clip_dir = tiny_clip_text_dir(root / "clip")
     out = {}
     for name, node in (("sd1", tiny_sd1_node(clip_dir)), ("sd2-v", tiny_model_node("v2-inference-v")),
-                       ("sd2-inpaint", tiny_model_node("v2-inpainting-inference"))):
+                       ("sd2-inpaint", tiny_model_node("v2-inpainting-inference")),
+                       ("sd2-x4", tiny_model_node("x4-upscaling"))):
         torch.manual_seed(0)
         model = _randomise(instantiate_from_config(node)).eval()
         config, ckpt = root / f"{name}.yaml", root / f"{name}.safetensors"
@@ -52,7 +53,7 @@ def converted(models, tmp_path_factory):
     return out
 
 
-@pytest.mark.parametrize("name", ["sd1", "sd2-v", "sd2-inpaint"])
+@pytest.mark.parametrize("name", ["sd1", "sd2-v", "sd2-inpaint", "sd2-x4"])
 def test_unet_matches(models, converted, name):
     from diffusers import UNet2DConditionModel
 
@@ -62,9 +63,10 @@ def test_unet_matches(models, converted, name):
     x = torch.randn(2, ours.in_channels, 8, 8)
     t = torch.tensor([3, 900])
     ctx = torch.randn(2, 77, ours.context_dim)
+    level = torch.tensor([20, 300]) if ours.num_classes else None  # the x4 upscaler's noise level
     with torch.no_grad():
-        expected = ours(x, t, context=ctx)
-        got = theirs(x, t, encoder_hidden_states=ctx).sample
+        expected = ours(x, t, context=ctx, y=level)
+        got = theirs(x, t, encoder_hidden_states=ctx, class_labels=level).sample
     assert expected.abs().mean() > 1e-2
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
 
@@ -130,7 +132,18 @@ def test_pipeline_loads_and_denoises_like_ours(models, converted):
     torch.testing.assert_close(out, x, rtol=1e-3, atol=1e-3)
 
 
-@pytest.mark.parametrize("name", ["sd1", "sd2-v", "sd2-inpaint"])
+def test_x4_upscaler_pipeline_loads(models, converted):
+    from diffusers import StableDiffusionUpscalePipeline
+
+    model = models["sd2-x4"][0]
+    pipe = StableDiffusionUpscalePipeline.from_pretrained(converted["sd2-x4"])
+    assert pipe.config.max_noise_level == 350
+    torch.testing.assert_close(pipe.low_res_scheduler.alphas_cumprod.float(), model.low_scale_model.alphas_cumprod)
+    assert pipe.unet.config.only_cross_attention == [True, False]
+    assert pipe.vae.config.scaling_factor == pytest.approx(0.08333)
+
+
+@pytest.mark.parametrize("name", ["sd1", "sd2-v", "sd2-inpaint", "sd2-x4"])
 def test_from_diffusers_round_trip_is_exact(models, converted, tmp_path, name):
     model, config, _ = models[name]
     out = tmp_path / "back.safetensors"
@@ -144,7 +157,8 @@ def test_from_diffusers_round_trip_is_exact(models, converted, tmp_path, name):
 
 
 def test_unsupported_models_are_refused(models, tmp_path, capsys):
-    node = tiny_model_node("x4-upscaling")
+    node = tiny_model_node("v2-inference")
+    node["params"]["unet_config"]["params"]["use_scale_shift_norm"] = True
     config, ckpt = tmp_path / "x4.yaml", tmp_path / "x4.safetensors"
     OmegaConf.save({"model": node}, config)
     model = instantiate_from_config(node)

@@ -223,27 +223,36 @@ def to_diffusers(model) -> dict[str, Any]:
     from ldm.models.autoencoder import AutoencoderKL
     from ldm.models.sd2 import LatentUpscaleDiffusion
 
-    if isinstance(model, LatentUpscaleDiffusion):
-        raise ConversionError("the x4 upscaler (LatentUpscaleDiffusion) is not converted yet")
-    if model.conditioning_key not in ("crossattn", "hybrid"):
+    if model.conditioning_key not in ("crossattn", "hybrid", "hybrid-adm"):
         raise ConversionError(f"StableDiffusionPipeline needs a text-conditioned model (conditioning_key "
                               f"crossattn), got {model.conditioning_key!r}")
     if not isinstance(model.first_stage_model, AutoencoderKL):
         raise ConversionError("StableDiffusionPipeline needs a KL autoencoder first stage")
     text, tokenizer, extra = text_to_diffusers(model.cond_stage_model)
-    return {"unet": unet_to_diffusers(model.model.diffusion_model),
-            "vae": vae_to_diffusers(model.first_stage_model, float(model.scale_factor)),
-            "text_encoder": text, "tokenizer": tokenizer, "scheduler": scheduler_for(model),
-            "open_clip_extra": extra}
+    parts = {"unet": unet_to_diffusers(model.model.diffusion_model),
+             "vae": vae_to_diffusers(model.first_stage_model, float(model.scale_factor)),
+             "text_encoder": text, "tokenizer": tokenizer, "scheduler": scheduler_for(model),
+             "open_clip_extra": extra}
+    if isinstance(model, LatentUpscaleDiffusion):
+        from diffusers import DDPMScheduler
+
+        low = model.low_scale_model
+        parts["low_res_scheduler"] = DDPMScheduler(num_train_timesteps=low.schedule.num_timesteps,
+                                                   trained_betas=low.schedule.betas.tolist())
+        parts["max_noise_level"] = low.max_noise_level
+    return parts
 
 
 def pipeline_from(parts: dict):
-    from diffusers import StableDiffusionInpaintPipeline, StableDiffusionPipeline
+    from diffusers import StableDiffusionInpaintPipeline, StableDiffusionPipeline, StableDiffusionUpscalePipeline
 
+    common = dict(vae=parts["vae"], text_encoder=parts["text_encoder"], tokenizer=parts["tokenizer"],
+                  unet=parts["unet"], scheduler=parts["scheduler"])
+    if "low_res_scheduler" in parts:  # the x4 upscaler
+        return StableDiffusionUpscalePipeline(**common, low_res_scheduler=parts["low_res_scheduler"],
+                                              max_noise_level=parts["max_noise_level"])
     cls = StableDiffusionInpaintPipeline if parts["unet"].config.in_channels == 9 else StableDiffusionPipeline
-    return cls(vae=parts["vae"], text_encoder=parts["text_encoder"], tokenizer=parts["tokenizer"],
-               unet=parts["unet"], scheduler=parts["scheduler"], safety_checker=None, feature_extractor=None,
-               requires_safety_checker=False)
+    return cls(**common, safety_checker=None, feature_extractor=None, requires_safety_checker=False)
 
 
 def save_diffusers(model, out: str | os.PathLike) -> Path:
