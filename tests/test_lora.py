@@ -93,6 +93,7 @@ def test_only_adapters_are_trainable(setup):
 
 
 def test_fine_tune_lowers_the_loss_and_changes_only_adapters(trained):
+    print(f"LoRA fine-tune, fixed-batch loss: {trained['loss_before']:.4f} -> {trained['loss_after']:.4f}")
     assert trained["loss_after"] < 0.9 * trained["loss_before"], (trained["loss_before"], trained["loss_after"])
     after = trained["model"].state_dict()
     changed = [k for k, v in trained["before"].items() if not torch.equal(v, after[k])]
