@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -130,20 +131,12 @@ def save_lora(model, path: str | os.PathLike, use_ema: bool = True) -> Path:
     settings = getattr(model, "lora_settings", None)
     if settings is None:
         raise ValueError("this model has no LoRA adapters (set model.params.lora)")
-    scope = model.ema_scope() if use_ema and getattr(model, "use_ema", False) else _nullcontext()
+    scope = model.ema_scope() if use_ema and getattr(model, "use_ema", False) else nullcontext()
     with scope:  # copies: the scope restores the training weights in place on exit
         ours = {k: v.detach().clone() for k, v in adapter_state_dict(model).items()}
     names = _diffusers_names(model)
     tensors = {names[k]: v * settings.scale if ".lora_B." in k else v for k, v in ours.items()}
     return save_safetensors(tensors, path, metadata={"format": "pt", METADATA_KEY: json.dumps(asdict(settings))})
-
-
-class _nullcontext:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False
 
 
 def read_lora_file(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], LoraSettings]:

@@ -110,7 +110,7 @@ def test_tiny_model_roundtrips_its_state_dict_strictly(tiny_models, name):
     other = instantiate_from_config(tiny_model_node(name))
     result = other.load_state_dict(model.state_dict(), strict=True)
     assert not result.missing_keys and not result.unexpected_keys
-    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), other.state_dict().values()))
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), other.state_dict().values(), strict=True))
 
 
 def test_txt2img_sampling_v_model(tiny_models):

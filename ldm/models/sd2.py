@@ -85,8 +85,8 @@ class LatentInpaintDiffusion(_TextPlusImageCondition):
         self._load_deferred(ckpt)
 
     def image_condition(self, batch: Mapping, n: int | None) -> dict:
-        masked = self.encode_to_latent(self.image_from_batch(batch, self.masked_image_key)[:n].to(self.device),
-                                       sample=False)
+        # a posterior sample, as the original (and diffusers' inpainting pipeline) encode the masked image
+        masked = self.encode_to_latent(self.image_from_batch(batch, self.masked_image_key)[:n].to(self.device))
         parts = []
         for key in self.concat_keys:
             if key == self.masked_image_key:
