@@ -18,6 +18,10 @@ LEGACY_TARGETS: dict[str, str] = {
     "ldm.models.diffusion.ddpm.DDPM": "ldm.models.ddpm.DDPM",
     "ldm.models.diffusion.ddpm.LatentDiffusion": "ldm.models.latent_diffusion.LatentDiffusion",
     "ldm.models.diffusion.ddpm.DiffusionWrapper": "ldm.models.ddpm.DiffusionWrapper",
+    "ldm.models.diffusion.ddpm.LatentInpaintDiffusion": "ldm.models.sd2.LatentInpaintDiffusion",
+    "ldm.models.diffusion.ddpm.LatentUpscaleDiffusion": "ldm.models.sd2.LatentUpscaleDiffusion",
+    "ldm.modules.diffusionmodules.upscaling.ImageConcatWithNoiseAugmentation":
+        "ldm.modules.upscaling.ImageConcatWithNoiseAugmentation",
     "ldm.modules.diffusionmodules.openaimodel.UNetModel": "ldm.modules.unet.UNetModel",
     "ldm.modules.ema.LitEma": "ldm.modules.ema.LitEma",
     # conditioners

@@ -18,7 +18,7 @@ from torch import nn
 
 from ldm.util import instantiate_from_config
 
-CONDITIONING_KEYS = (None, "concat", "crossattn", "hybrid", "adm")
+CONDITIONING_KEYS = (None, "concat", "crossattn", "hybrid", "adm", "hybrid-adm")
 COND_KEY_ALIASES = {
     "concat": "concat", "c_concat": "concat",
     "crossattn": "crossattn", "c_crossattn": "crossattn", "context": "crossattn",
@@ -26,7 +26,8 @@ COND_KEY_ALIASES = {
 }
 #: which dict entries each ``conditioning_key`` needs
 REQUIRED_ENTRIES = {None: (), "concat": ("concat",), "crossattn": ("crossattn",),
-                    "hybrid": ("concat", "crossattn"), "adm": ("vector",)}
+                    "hybrid": ("concat", "crossattn"), "adm": ("vector",),
+                    "hybrid-adm": ("concat", "crossattn", "vector")}  # SD 2 x4 upscaler: + noise level
 #: where a bare tensor condition goes, per ``conditioning_key``
 BARE_TENSOR_ENTRY = {"concat": "concat", "crossattn": "crossattn", "adm": "vector"}
 
@@ -68,8 +69,9 @@ def as_condition_dict(cond, conditioning_key) -> dict:
         return out
     if conditioning_key is None:
         raise ValueError("a condition was given but the model is unconditional (conditioning_key=None)")
-    if conditioning_key == "hybrid":
-        raise ValueError("conditioning_key='hybrid' needs a dict condition with 'concat' and 'crossattn' entries")
+    if conditioning_key in ("hybrid", "hybrid-adm"):
+        raise ValueError(f"conditioning_key={conditioning_key!r} needs a dict condition with the entries "
+                         f"{list(REQUIRED_ENTRIES[conditioning_key])}")
     entry = BARE_TENSOR_ENTRY[conditioning_key]
     if isinstance(cond, Sequence) and not isinstance(cond, torch.Tensor) and any(not isinstance(c, torch.Tensor) for c in cond):
         raise TypeError(f"condition list must hold tensors, got {[type(c).__name__ for c in cond]}")

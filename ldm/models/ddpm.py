@@ -240,10 +240,11 @@ class DDPM(L.LightningModule):
     def init_from_ckpt(self, path, ignore_keys: Sequence[str] = (), only_model: bool = False,
                        trust_checkpoint: bool = False):
         """Initialise weights from ``path`` and print a missing / unexpected / ignored key report.
-        ``only_model`` loads into the UNet wrapper only (keys with or without the ``model.`` prefix)."""
+        ``only_model`` loads into the UNet wrapper only (keys with or without the ``model.`` prefix).
+        ``path`` may also be an already read state dict."""
         from ldm.checkpoint import filter_keys, load_state_dict, load_weights
 
-        state_dict = load_state_dict(path, trust_checkpoint=trust_checkpoint)
+        state_dict = path if isinstance(path, Mapping) else load_state_dict(path, trust_checkpoint=trust_checkpoint)
         if only_model:
             state_dict, ignored = filter_keys(state_dict, ignore_keys)
             state_dict = {k[len("model."):] if k.startswith("model.") else k: v for k, v in state_dict.items()
@@ -252,7 +253,7 @@ class DDPM(L.LightningModule):
             report.ignored = ignored
         else:
             report = load_weights(self, state_dict, ignore_keys=ignore_keys, verbose=False)
-        print(f"[{type(self).__name__}] restored from {path}\n{report}")
+        print(f"[{type(self).__name__}] restored from {'a state dict' if isinstance(path, Mapping) else path}\n{report}")
         return report
 
     def _ema_shadow_map(self) -> dict:

@@ -70,15 +70,17 @@ class LatentDiffusion(DDPM):
     """Original parameters (``first_stage_config``, ``cond_stage_config``, ``num_timesteps_cond``,
     ``cond_stage_key``, ``cond_stage_trainable``, ``concat_mode``, ``cond_stage_forward``,
     ``conditioning_key``, ``scale_factor``, ``scale_by_std``) plus ``scale_by_std_batches`` and
-    ``cond_stage_lr`` (the conditioner's own learning rate; default: the model's). Everything else
-    goes to :class:`~ldm.models.ddpm.DDPM` (``ckpt_path`` is loaded after the first stage is built)."""
+    ``cond_stage_lr`` (the conditioner's own learning rate; default: the model's) and ``lora``
+    (``{rank, alpha, dropout, target_modules}``: train LoRA adapters of the UNet only, injected after
+    ``ckpt_path`` is loaded; see :mod:`ldm.lora`). Everything else goes to
+    :class:`~ldm.models.ddpm.DDPM` (``ckpt_path`` is loaded after the first stage is built)."""
 
     def __init__(self, first_stage_config, cond_stage_config, num_timesteps_cond: int | None = None,
                  cond_stage_key: str = "image", cond_stage_trainable: bool = False, concat_mode: bool = True,
                  cond_stage_forward: str | None = None, conditioning_key: str | None = None,
                  scale_factor: float = 1.0, scale_by_std: bool = False, *args,
                  scale_by_std_batches: int = 4, cond_stage_lr: float | None = None,
-                 concat_mask_key: str | None = None, **kwargs):
+                 concat_mask_key: str | None = None, lora: Mapping | None = None, **kwargs):
         self.num_timesteps_cond = 1 if num_timesteps_cond is None else int(num_timesteps_cond)
         if not 1 <= self.num_timesteps_cond <= kwargs.get("timesteps", 1000):
             raise ValueError(f"num_timesteps_cond must be in [1, timesteps], got {num_timesteps_cond}")
@@ -115,6 +117,11 @@ class LatentDiffusion(DDPM):
             self.init_from_ckpt(ckpt_path, ignore_keys=ignore_keys, only_model=only_model,
                                 trust_checkpoint=trust_checkpoint)
             self.restarted_from_ckpt = True
+        self.lora_settings = None
+        if lora is not None:
+            from ldm.lora import apply_lora
+
+            apply_lora(self, lora)
 
     # ------------------------------------------------------------------ building
     def register_schedule(self, given_betas=None, beta_schedule="linear", timesteps=1000, linear_start=1e-4,

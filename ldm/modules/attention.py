@@ -7,6 +7,9 @@
   self-attention, cross-attention to the conditioning ``context`` (LDM Eq. (3):
   ``softmax(QKᵀ/√d)·V`` with ``Q = W_Q·φ(z_t)``, ``K = W_K·τ_θ(y)``, ``V = W_V·τ_θ(y)``) and a GEGLU
   feed-forward, then ``proj_out``. Module names reproduce the original state-dict keys.
+  Stable Diffusion 2.x options: ``use_linear`` (``proj_in``/``proj_out`` are ``nn.Linear`` applied to
+  the tokens instead of 1×1 convolutions) and ``disable_self_attn`` (``attn1`` attends to the
+  context as well, as in the x4 upscaler's high-resolution levels).
 """
 from __future__ import annotations
 
@@ -134,9 +137,12 @@ class BasicTransformerBlock(nn.Module):
     """Pre-norm block: self-attention, cross-attention to ``context``, GEGLU feed-forward."""
 
     def __init__(self, dim: int, n_heads: int, d_head: int, dropout: float = 0.0,
-                 context_dim: int | None = None, gated_ff: bool = True, use_checkpoint: bool = False):
+                 context_dim: int | None = None, gated_ff: bool = True, use_checkpoint: bool = False,
+                 disable_self_attn: bool = False):
         super().__init__()
-        self.attn1 = CrossAttention(dim, heads=n_heads, dim_head=d_head, dropout=dropout)
+        self.disable_self_attn = disable_self_attn
+        self.attn1 = CrossAttention(dim, context_dim=context_dim if disable_self_attn else None, heads=n_heads,
+                                    dim_head=d_head, dropout=dropout)
         self.ff = FeedForward(dim, dropout=dropout, glu=gated_ff)
         self.attn2 = CrossAttention(dim, context_dim=context_dim, heads=n_heads, dim_head=d_head, dropout=dropout)
         self.norm1 = nn.LayerNorm(dim)
@@ -151,7 +157,7 @@ class BasicTransformerBlock(nn.Module):
         return maybe_checkpoint(self._forward, x, context, enabled=enabled)
 
     def _forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
-        x = x + self.attn1(self.norm1(x))
+        x = x + self.attn1(self.norm1(x), context=context if self.disable_self_attn else None)
         x = x + self.attn2(self.norm2(x), context=context)
         return x + self.ff(self.norm3(x))
 
@@ -160,23 +166,36 @@ class SpatialTransformer(nn.Module):
     """Transformer over the pixels of a feature map, cross-attending to ``context`` (LDM Sec. 3.3)."""
 
     def __init__(self, in_channels: int, n_heads: int, d_head: int, depth: int = 1,
-                 dropout: float = 0.0, context_dim: int | None = None, use_checkpoint: bool = False):
+                 dropout: float = 0.0, context_dim: int | None = None, use_checkpoint: bool = False,
+                 use_linear: bool = False, disable_self_attn: bool = False):
         super().__init__()
         if n_heads < 1 or d_head < 1:
             raise ValueError(f"SpatialTransformer needs n_heads >= 1 and d_head >= 1, got {n_heads}, {d_head}")
         inner_dim = n_heads * d_head
         self.in_channels = in_channels
         self.norm = GroupNorm32(32, in_channels, eps=1e-6)
-        self.proj_in = nn.Conv2d(in_channels, inner_dim, kernel_size=1)
+        self.use_linear = use_linear
+        if use_linear:
+            self.proj_in = nn.Linear(in_channels, inner_dim)
+        else:
+            self.proj_in = nn.Conv2d(in_channels, inner_dim, kernel_size=1)
         self.transformer_blocks = nn.ModuleList(
             BasicTransformerBlock(inner_dim, n_heads, d_head, dropout=dropout, context_dim=context_dim,
-                                  use_checkpoint=use_checkpoint)
+                                  use_checkpoint=use_checkpoint, disable_self_attn=disable_self_attn)
             for _ in range(depth))
-        self.proj_out = zero_module(nn.Conv2d(inner_dim, in_channels, kernel_size=1))
+        if use_linear:
+            self.proj_out = zero_module(nn.Linear(inner_dim, in_channels))
+        else:
+            self.proj_out = zero_module(nn.Conv2d(inner_dim, in_channels, kernel_size=1))
 
     def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
         b, c, h, w = x.shape
-        tokens = rearrange(self.proj_in(self.norm(x)), "b c h w -> b (h w) c")
+        if self.use_linear:
+            tokens = self.proj_in(rearrange(self.norm(x), "b c h w -> b (h w) c"))
+        else:
+            tokens = rearrange(self.proj_in(self.norm(x)), "b c h w -> b (h w) c")
         for block in self.transformer_blocks:
             tokens = block(tokens, context=context)
+        if self.use_linear:
+            return x + rearrange(self.proj_out(tokens), "b (h w) c -> b c h w", h=h, w=w)
         return x + self.proj_out(rearrange(tokens, "b (h w) c -> b c h w", h=h, w=w))

@@ -33,6 +33,9 @@ class UNetModel(nn.Module):
     :param legacy: the original's head rule (see :meth:`_heads_for`).
     :param use_checkpoint: gradient checkpointing of res/attention/transformer blocks (off by default).
     :param use_fp16: accepted for compatibility and ignored — use the trainer's mixed precision.
+    :param use_linear_in_transformer: SD 2.x: linear ``proj_in``/``proj_out`` in the SpatialTransformers.
+    :param disable_self_attentions: per level, True makes the transformer's ``attn1`` cross-attend too.
+    :param disable_middle_self_attn: the same for the middle block.
     :param n_embed: if set, the model predicts VQ codebook ids with an extra head (``id_predictor``).
     """
 
@@ -44,7 +47,9 @@ class UNetModel(nn.Module):
                  use_scale_shift_norm: bool = False, resblock_updown: bool = False,
                  use_new_attention_order: bool = False, use_spatial_transformer: bool = False,
                  transformer_depth: int = 1, context_dim: int | None = None, n_embed: int | None = None,
-                 legacy: bool = True, adm_in_channels: int | None = None):
+                 legacy: bool = True, adm_in_channels: int | None = None,
+                 use_linear_in_transformer: bool = False, disable_self_attentions: Sequence[bool] | None = None,
+                 disable_middle_self_attn: bool = False):
         super().__init__()
         context_dim = self._check_context_dim(context_dim, use_spatial_transformer)
         if num_heads == -1 and num_head_channels == -1:
@@ -53,6 +58,10 @@ class UNetModel(nn.Module):
             raise ValueError(f"num_res_blocks must be a positive int, got {num_res_blocks!r}")
         channel_mult = tuple(int(m) for m in channel_mult)
         attention_resolutions = {int(r) for r in attention_resolutions}
+        if disable_self_attentions is not None and len(disable_self_attentions) != len(channel_mult):
+            raise ValueError(f"disable_self_attentions needs one entry per level ({len(channel_mult)}), "
+                             f"got {list(disable_self_attentions)}")
+        no_self_attn = [bool(d) for d in disable_self_attentions] if disable_self_attentions else [False] * len(channel_mult)
         for mult in channel_mult:
             if (mult * model_channels) % 32:
                 raise ValueError(f"model_channels*channel_mult = {mult * model_channels} must be divisible by 32 "
@@ -73,7 +82,8 @@ class UNetModel(nn.Module):
         self._attn = dict(num_heads=num_heads, num_head_channels=num_head_channels,
                           num_heads_upsample=num_heads if num_heads_upsample == -1 else num_heads_upsample,
                           legacy=legacy, spatial=use_spatial_transformer, depth=transformer_depth,
-                          new_order=use_new_attention_order, checkpoint=use_checkpoint, dropout=dropout)
+                          new_order=use_new_attention_order, checkpoint=use_checkpoint, dropout=dropout,
+                          linear=use_linear_in_transformer)
 
         emb_dim = 4 * model_channels
         self.time_embed = nn.Sequential(nn.Linear(model_channels, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
@@ -93,7 +103,7 @@ class UNetModel(nn.Module):
                 layers = [res_block(ch, mult * model_channels)]
                 ch = mult * model_channels
                 if ds in attention_resolutions:
-                    layers.append(self._attention(ch, decoder=False))
+                    layers.append(self._attention(ch, decoder=False, no_self_attn=no_self_attn[level]))
                 self.input_blocks.append(TimestepEmbedSequential(*layers))
                 skip_channels.append(ch)
             if level != len(channel_mult) - 1:
@@ -104,7 +114,8 @@ class UNetModel(nn.Module):
                 ds *= 2
 
         self.middle_block = TimestepEmbedSequential(
-            res_block(ch, ch), self._attention(ch, decoder=False), res_block(ch, ch))
+            res_block(ch, ch), self._attention(ch, decoder=False, no_self_attn=disable_middle_self_attn),
+            res_block(ch, ch))
 
         self.output_blocks = nn.ModuleList()
         for level, mult in reversed(list(enumerate(channel_mult))):
@@ -112,7 +123,7 @@ class UNetModel(nn.Module):
                 layers = [res_block(ch + skip_channels.pop(), model_channels * mult)]
                 ch = model_channels * mult
                 if ds in attention_resolutions:
-                    layers.append(self._attention(ch, decoder=True))
+                    layers.append(self._attention(ch, decoder=True, no_self_attn=no_self_attn[level]))
                 if level and i == num_res_blocks:
                     layers.append(res_block(ch, ch, up=True) if resblock_updown
                                   else Upsample(ch, conv_resample, dims=dims, out_channels=ch))
@@ -168,12 +179,13 @@ class UNetModel(nn.Module):
             num_heads = a["num_heads_upsample"]
         return num_heads, dim_head
 
-    def _attention(self, ch: int, decoder: bool) -> nn.Module:
+    def _attention(self, ch: int, decoder: bool, no_self_attn: bool = False) -> nn.Module:
         a = self._attn
         num_heads, dim_head = self._heads_for(ch, decoder)
         if a["spatial"]:
             return SpatialTransformer(ch, num_heads, dim_head, depth=a["depth"], context_dim=self.context_dim,
-                                      use_checkpoint=a["checkpoint"])
+                                      use_checkpoint=a["checkpoint"], use_linear=a["linear"],
+                                      disable_self_attn=no_self_attn)
         return AttentionBlock(ch, num_heads=num_heads, num_head_channels=dim_head,
                               use_checkpoint=a["checkpoint"], use_new_attention_order=a["new_order"])
 
