@@ -127,6 +127,12 @@ def _matches(value: Any, hint: Any) -> bool | None:
     return None
 
 
+def _unresolved(value: Any) -> bool:
+    """An interpolation left as text (``${...}`` that cannot resolve yet, e.g. a data root given later):
+    its type is checked when the node is built."""
+    return isinstance(value, str) and "${" in value
+
+
 def _describe(hint: Any) -> str:
     return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
 
@@ -187,7 +193,7 @@ class _Checker:
             where = [*path, "params", key]
             if key not in accepted:
                 self.unknown(where, accepted, f"parameter of {node['target']}")
-            elif key in hints and _matches(value, hints[key]) is False:
+            elif key in hints and not _unresolved(value) and _matches(value, hints[key]) is False:
                 self.wrong_type(where, value, hints[key])
 
     def trainer(self, trainer: Any) -> None:
@@ -211,7 +217,7 @@ class _Checker:
                 continue
             if key not in valid:
                 self.unknown(where, valid, "Lightning Trainer argument")
-            elif key in hints and _matches(value, hints[key]) is False:
+            elif key in hints and not _unresolved(value) and _matches(value, hints[key]) is False:
                 self.wrong_type(where, value, hints[key])
 
 

@@ -58,8 +58,9 @@ class _TextPlusImageCondition(LatentDiffusion):
         text = super().condition_from_batch(batch, n, drop)
         return {"crossattn": text, **self.image_condition(batch, n)}
 
-    def _prepare_condition(self, cond_or_batch_size, conditioning):
-        batch_size, cond, null = super()._prepare_condition(cond_or_batch_size, conditioning)
+    def _prepare_condition(self, cond_or_batch_size, conditioning, negative=None, null_conditioning=None):
+        batch_size, cond, null = super()._prepare_condition(cond_or_batch_size, conditioning, negative,
+                                                            null_conditioning)
         if isinstance(cond, Mapping) and isinstance(null, torch.Tensor):
             null = {**cond, "crossattn": null}
         return batch_size, cond, null
