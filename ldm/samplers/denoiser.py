@@ -40,7 +40,7 @@ class DiscreteDenoiser:
     """``D(x, sigma, cond) -> x0`` for a model trained on the discrete grid of ``schedule``.
 
     ``model(x_t, t, cond)`` gets ``t`` as a LongTensor when every requested sigma lies on the grid
-    (within 1e-4 of a step) or ``quantize=True`` (round to the nearest step), else as a float tensor
+    (within 1e-4 of a step) or ``quantize=True`` (round to the nearest step), else as a float64 tensor
     of fractional timesteps. Learned-variance outputs (2C channels) are split and the variance dropped.
     ``clip_denoised`` / ``dynamic_threshold`` act on the x0 estimate as in the other samplers.
     """
@@ -88,7 +88,7 @@ class DiscreteDenoiser:
         rounded = t.round()
         if self.quantize or bool(((t - rounded).abs() < 1e-4).all()):
             return rounded.long()
-        return t.float()
+        return t
 
     def __call__(self, x: torch.Tensor, sigma, cond=None) -> torch.Tensor:
         sigma = _batch_sigma(sigma, x)
