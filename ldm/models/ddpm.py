@@ -428,12 +428,14 @@ class DDPM(L.LightningModule):
         """(name, steps, eta, options): explicit arguments over the YAML ``sampler_config`` over the
         built-in defaults (DDIM, 50 steps, eta 0; 1 for ancestral sigma samplers), plus the options the model
         implies. The config's ``eta`` applies to the config's sampler only."""
-        from ldm.samplers import default_eta
+        from ldm.samplers import SAMPLERS, default_eta, resolve_name
 
         cfg = {"sampler": "ddim", "steps": 50, "eta": None, **self.sampler_config}
         options = {k: v for k, v in cfg.items() if k not in ("sampler", "steps", "eta")}
         options = {**self.sampler_defaults(), "variance_type": self.variance_type, **options}
         name = str(sampler or cfg["sampler"])
+        if options.get("sigmas") is not None and resolve_name(name, options["sigmas"]) in SAMPLERS:
+            options.pop("sigmas")  # a config's sigma schedule does not apply to a discrete-grid sampler
         if eta is None and (sampler is None or sampler == cfg["sampler"]):  # the config's eta goes with its sampler
             eta = cfg["eta"]
         if eta is None:  # 0, or 1 for the ancestral sigma-space samplers (euler_a, dpmpp_2s_a, dpmpp_2m_sde)
