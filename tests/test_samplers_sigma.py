@@ -12,10 +12,24 @@ import pytest
 import torch
 
 from ldm.diffusion import DiffusionSchedule
-from ldm.samplers import (DiscreteDenoiser, classifier_free_guidance, get_sampler, gradient_guidance,
-                          gradient_guided_denoiser, make_sigmas)
-from ldm.samplers.k_samplers import (K_SAMPLERS, lms_coefficients, sample_dpmpp_2m, sample_dpmpp_2m_sde,
-                                     sample_euler, sample_euler_ancestral, sample_heun, sample_lms)
+from ldm.samplers import (
+    DiscreteDenoiser,
+    classifier_free_guidance,
+    get_sampler,
+    gradient_guidance,
+    gradient_guided_denoiser,
+    make_sigmas,
+)
+from ldm.samplers.k_samplers import (
+    K_SAMPLERS,
+    lms_coefficients,
+    sample_dpmpp_2m,
+    sample_dpmpp_2m_sde,
+    sample_euler,
+    sample_euler_ancestral,
+    sample_heun,
+    sample_lms,
+)
 
 MU, S = 0.3, 0.5
 # Stable Diffusion's schedule ("scaled_linear" in diffusers = LDM "linear": linear in sqrt(beta))

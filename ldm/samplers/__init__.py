@@ -9,11 +9,16 @@ Timesteps are 0-based (see :mod:`ldm.diffusion.schedule`).
 from .base import Sampler, randn
 from .ddim import DDIMSampler, ddim_update
 from .ddpm import DDPMSampler
-from .dpm_solver import DPMSolverPlusPlus2MSampler
-from .guidance import classifier_free_guidance, gradient_guidance, rescale_guidance, stack_conditions
-from .plms import PLMSSampler
 from .denoiser import DiscreteDenoiser, gradient_guided_denoiser
+from .dpm_solver import DPMSolverPlusPlus2MSampler
+from .guidance import (
+    classifier_free_guidance,
+    gradient_guidance,
+    rescale_guidance,
+    stack_conditions,
+)
 from .k_samplers import K_SAMPLERS
+from .plms import PLMSSampler
 from .sigma_sampler import ANCESTRAL, SigmaSampler
 from .sigmas import SIGMA_SCHEDULES, make_sigmas
 from .spacing import SPACINGS, make_timesteps

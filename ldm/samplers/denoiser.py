@@ -19,7 +19,11 @@ from typing import Any, Callable
 
 import torch
 
-from ..diffusion.gaussian import check_parameterization, vp_from_sigma_ve, x0_eps_from_output
+from ..diffusion.gaussian import (
+    check_parameterization,
+    vp_from_sigma_ve,
+    x0_eps_from_output,
+)
 from ..diffusion.reverse import check_variance_type, split_variance_output, threshold_x0
 from ..diffusion.schedule import DiffusionSchedule, as_schedule
 
