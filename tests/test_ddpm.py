@@ -219,6 +219,23 @@ def test_sampling_returns_images_for_each_sampler():
     assert set(logs) == {"inputs", "diffusion_row", "samples"} and logs["samples"].shape == (2, 3, 16, 16)
 
 
+def test_sigma_space_samplers_from_the_model_config_and_the_image_logger():
+    m = tiny_ddpm(variance_type="learned_range", sampler_config={"sampler": "euler_a", "steps": 4, "sigmas": "karras"})
+    sampler = m.build_sampler()
+    assert type(sampler).__name__ == "SigmaSampler" and sampler.name == "euler_a" and sampler.eta == 1.0
+    assert m.build_sampler("dpmpp_2m", sigmas="exponential").sigma_schedule == "exponential"
+    assert type(m.build_sampler("ddim")).__name__ == "DDIMSampler"  # the config's sigmas go with its sampler's kind
+    assert m.sample(2, sampler="heun", steps=3, generator=torch.Generator().manual_seed(0)).shape == (2, 3, 16, 16)
+    batch = {"image": torch.zeros(2, 3, 16, 16)}
+    torch.manual_seed(0)
+    logged = m.log_images(batch, N=2, ddim_steps=3, sampler="dpmpp_2m", sigmas="karras")["samples"]
+    torch.manual_seed(0)
+    direct = m.sample(2, sampler="dpmpp_2m", sigmas="karras", steps=3)
+    torch.testing.assert_close(logged, direct)
+    torch.manual_seed(0)
+    assert not torch.allclose(m.log_images(batch, N=2, ddim_steps=3, sampler="ddim")["samples"], direct)
+
+
 def test_pixel_demo_config_short_run_lowers_the_loss():
     cfg = OmegaConf.load("configs/demo/ldm_pixel_ddpm.yaml")
     p = cfg.model.params

@@ -162,6 +162,32 @@ def test_other_samplers(runs, tmp_path, sampler):
     assert len(result.files) == 1 and result.settings["sampler"] == sampler
 
 
+@pytest.mark.parametrize("sampler,sigmas", [("dpmpp_2m", "karras"), ("euler_a", None), ("heun", "exponential")])
+def test_sigma_space_samplers(runs, tmp_path, sampler, sigmas):
+    flags = ["--sampler", sampler, *([] if sigmas is None else ["--sigmas", sigmas])]
+    result = sample("class", runs["class"], tmp_path, "--classes", "0", "--n_samples", "1", *flags)
+    assert len(result.files) == 1 and result.settings["sampler"] == sampler
+    assert result.settings["sigmas"] == (sigmas or "karras") and result.settings["steps_run"] == 3
+    assert result.settings["eta"] == (1.0 if sampler == "euler_a" else 0.0)  # ancestral samplers default to 1
+
+
+def test_img2img_and_inpaint_with_a_sigma_sampler(runs, tmp_path):
+    init, mask = tmp_path / "init.png", tmp_path / "mask.png"
+    original = shapes_image(init)
+    flags = ("--sampler", "dpmpp_2m", "--sigmas", "karras", "--steps", "10", "--n_samples", "1")
+    near = sample("img2img", runs["pixel"], tmp_path / "near", "--init-img", str(init), "--strength", "0.1", *flags)
+    far = sample("img2img", runs["pixel"], tmp_path / "far", "--init-img", str(init), "--strength", "1.0", *flags)
+    near_error = np.abs(pixels(near.files[0]) - original).mean()
+    assert near_error < 8 and np.abs(pixels(far.files[0]) - original).mean() > 4 * near_error
+    hole = np.zeros((16, 16), dtype=np.uint8)
+    hole[:, :8] = 255
+    Image.fromarray(hole).save(mask)
+    raw = sample("inpaint", runs["pixel"], tmp_path / "raw", "--init-img", str(init), "--mask", str(mask),
+                 "--no-paste", *flags)
+    out = pixels(raw.files[0])  # sigma samplers end at sigma = 0: the known half is the input itself
+    assert np.abs(out[:, 8:] - original[:, 8:]).mean() < 1 and np.abs(out[:, :8] - original[:, :8]).mean() > 20
+
+
 # ---------------------------------------------------------------------------- text-to-image
 def test_txt2img_prompts_and_prompt_file(runs, tmp_path):
     prompt_file = tmp_path / "prompts.txt"

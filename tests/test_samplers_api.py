@@ -54,7 +54,7 @@ def test_get_sampler_names_and_errors():
     for name in list(SAMPLERS) + ["dpmpp_2m", "DDIM"]:
         assert get_sampler(name, SCHED, steps=10).num_steps >= 1
     with pytest.raises(ValueError, match="unknown sampler"):
-        get_sampler("euler", SCHED)
+        get_sampler("euler_x", SCHED)  # ("euler" is a sigma-space sampler now)
     with pytest.raises(ValueError, match="parameterization"):
         get_sampler("ddim", SCHED, "score")
     with pytest.raises(ValueError, match="eta"):

@@ -41,6 +41,8 @@ MODE_KIND = {"uncond": "none", "class": "class", "txt2img": "text"}
 #: classifier-free guidance scale when --scale is not given (original txt2img: 5.0; class notebook: 3.0)
 DEFAULT_SCALE = {"none": 1.0, "class": 3.0, "text": 5.0}
 SAMPLER_CHOICES = ("ddpm", "ddim", "plms", "dpm++", "dpm_solver++", "dpmpp_2m")
+#: the sigma-space samplers (docs/samplers.md); ``--sigmas`` picks their noise schedule
+SIGMA_SAMPLER_CHOICES = ("euler", "euler_a", "heun", "dpmpp_2m", "dpmpp_2m_sde", "dpmpp_2s_a", "lms")
 
 
 @dataclass
@@ -77,11 +79,16 @@ def _common_parser() -> argparse.ArgumentParser:
 
     add_trust_arguments(model)
     sampling = common.add_argument_group("sampling")
-    sampling.add_argument("--sampler", default=None, help=f"{' | '.join(SAMPLER_CHOICES[:4])} "
+    sampling.add_argument("--sampler", default=None, help=f"{' | '.join(SAMPLER_CHOICES[:4])} | "
+                                                          f"{' | '.join(SIGMA_SAMPLER_CHOICES)} "
                                                           "(default: the model's sampler_config, else ddim)")
+    sampling.add_argument("--sigmas", default=None, choices=("karras", "exponential", "discrete"),
+                          help="noise schedule of the sigma-space samplers (default karras; dpmpp_2m without "
+                               "--sigmas is DPM-Solver++(2M) on the training grid)")
     sampling.add_argument("--steps", type=_positive_int, default=None,
                           help="sampling steps (default: model config, else 50)")
-    sampling.add_argument("--eta", type=float, default=None, help="DDIM eta (0 = deterministic DDIM)")
+    sampling.add_argument("--eta", type=float, default=None, help="DDIM eta (0 = deterministic DDIM); the "
+                          "ancestral euler_a / dpmpp_2s_a / dpmpp_2m_sde default to 1")
     sampling.add_argument("--scale", type=float, default=None,
                           help="classifier-free guidance scale (default 5.0 text, 3.0 class; 1 = no guidance)")
     sampling.add_argument("--rescale", type=float, default=0.0, help="guidance rescale in [0, 1] (default 0)")
@@ -288,7 +295,7 @@ def run(argv: Sequence[str] | None = None) -> SampleResult:
         height, width = _pixel_size(args, model)
     shape = latent_shape(model, height, width)
     settings = sampler_settings(model, args.sampler, args.steps, args.eta)
-    sampler = build_sampler(model, settings, progress=not args.no_progress)
+    sampler = build_sampler(model, settings, progress=not args.no_progress, sigmas=args.sigmas)
     use_ema = not args.no_ema and bool(getattr(model, "use_ema", False))
     if not args.no_ema and not use_ema:
         print("note: this model has no EMA weights; sampling with its trained weights")
@@ -340,7 +347,7 @@ def run(argv: Sequence[str] | None = None) -> SampleResult:
                                      "checkpoint": str(loaded.checkpoint),
                                      "configs": [str(c) for c in loaded.config_files],
                                      "conditioning": describe(model)},
-        "sampler": settings.name, "steps": settings.steps, "steps_run": sampler.num_steps, "eta": settings.eta,
+        "sampler": settings.name, "sigmas": getattr(sampler, "sigma_schedule", None), "steps": settings.steps, "steps_run": sampler.num_steps, "eta": settings.eta,
         "scale": scale, "rescale": args.rescale, "seed": args.seed, "n_samples": args.n_samples,
         "batch_size": args.batch_size, "H": height, "W": width, "latent_shape": list(shape), "ema": use_ema,
         "device": str(device), "conditions": conditions if kind != "none" else [],

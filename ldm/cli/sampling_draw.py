@@ -34,11 +34,15 @@ def sampler_settings(model, name: str | None, steps: int | None, eta: float | No
     return SamplerSettings(*model.sampler_settings(name, steps, eta))
 
 
-def build_sampler(model, settings: SamplerSettings, progress: bool = False):
+def build_sampler(model, settings: SamplerSettings, progress: bool = False, sigmas: str | None = None):
+    """The model's sampler for the settings; ``sigmas`` (karras | exponential | discrete) picks the noise
+    schedule of a sigma-space sampler (euler, heun, dpmpp_2m, ...)."""
     try:
-        return model.build_sampler(settings.name, settings.steps, settings.eta, progress=progress)
+        return model.build_sampler(settings.name, settings.steps, settings.eta, progress=progress, sigmas=sigmas)
     except (ValueError, TypeError) as err:
-        raise SampleError(f"--sampler {settings.name} --steps {settings.steps} --eta {settings.eta}: {err}") from err
+        flag = "" if sigmas is None else f" --sigmas {sigmas}"
+        raise SampleError(f"--sampler {settings.name}{flag} --steps {settings.steps} --eta {settings.eta}: "
+                          f"{err}") from err
 
 
 def guided_denoiser(model, null_cond: Any, scale: float, rescale: float = 0.0):

@@ -2,7 +2,10 @@
 from .gaussian import (
     PARAMETERIZATIONS,
     check_parameterization,
+    interpolate_log_variance,
+    log_snr,
     output_from_x0_eps,
+    posterior_coefficients,
     x0_eps_from_output,
     predict_eps_from_v,
     predict_eps_from_x0,
@@ -11,7 +14,10 @@ from .gaussian import (
     predict_x0_from_v,
     q_posterior,
     q_sample,
+    q_sample_at,
+    sigma_ve,
     to_x0_eps,
+    vp_from_sigma_ve,
     training_target,
 )
 from .likelihood import (
@@ -47,5 +53,6 @@ __all__ = [
     "normal_kl", "output_from_x0_eps", "x0_eps_from_output", "p_mean_variance", "predict_eps_from_v", "predict_eps_from_x0", "predict_v",
     "predict_x0_from_eps", "predict_x0_from_v", "prior_bpd", "q_posterior", "q_sample",
     "rescale_zero_terminal_snr", "split_variance_output", "threshold_x0", "to_x0_eps", "training_target",
-    "vlb_terms",
+    "vlb_terms", "interpolate_log_variance", "log_snr", "posterior_coefficients", "q_sample_at", "sigma_ve",
+    "vp_from_sigma_ve",
 ]

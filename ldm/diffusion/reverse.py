@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch
 
-from .gaussian import q_posterior, to_x0_eps
+from .gaussian import interpolate_log_variance, q_posterior, to_x0_eps
 from .schedule import DiffusionSchedule, extract
 
 VARIANCE_TYPES = ("fixed_small", "fixed_large", "learned", "learned_range")
@@ -33,15 +33,13 @@ def fixed_large_log_variance(schedule: DiffusionSchedule) -> torch.Tensor:
 
 
 def learned_range_log_variance(schedule: DiffusionSchedule, v: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-    """Interpolate log variance between beta-tilde_t and beta_t (foundations Ch. 6, Eq. 6.3-6.4).
+    """Interpolate log variance between beta-tilde_t and beta_t (Improved-DDPM Eq. 15; foundations Ch. 6).
 
     ``v`` is the raw network output in [-1, 1]; ``frac = (v + 1)/2``;
     ``log sigma^2 = frac * log(beta_t) + (1 - frac) * posterior_log_variance_clipped[t]``.
     """
-    frac = (v + 1) / 2
-    max_log = extract(torch.log(schedule.betas), t, v)
-    min_log = extract(schedule.posterior_log_variance_clipped, t, v)
-    return frac * max_log + (1 - frac) * min_log
+    return interpolate_log_variance(v, extract(torch.log(schedule.betas), t, v),
+                                    extract(schedule.posterior_log_variance_clipped, t, v))
 
 
 def threshold_x0(x0: torch.Tensor, clip_denoised: bool = False,

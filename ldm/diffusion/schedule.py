@@ -104,6 +104,20 @@ class DiffusionSchedule:
         """Signal-to-noise ratio alpha-bar / (1 - alpha-bar) per timestep."""
         return self.alphas_cumprod / (1 - self.alphas_cumprod)
 
+    @property
+    def log_snr(self) -> torch.Tensor:
+        """lambda_t = log(alpha_t / sigma_t) per timestep (:func:`ldm.diffusion.gaussian.log_snr`)."""
+        from .gaussian import log_snr
+
+        return log_snr(self.alphas_cumprod)
+
+    @property
+    def sigmas(self) -> torch.Tensor:
+        """The variance-exploding noise level sqrt((1 - a)/a) per timestep (ascending in t)."""
+        from .gaussian import sigma_ve
+
+        return sigma_ve(self.alphas_cumprod)
+
     @classmethod
     def from_betas(cls, betas: torch.Tensor | Sequence[float]) -> "DiffusionSchedule":
         """Derive every constant from the betas (DDPM Eq. 4 and the posterior Eq. 6-7)."""
@@ -112,10 +126,12 @@ class DiffusionSchedule:
             raise ValueError("a diffusion schedule needs at least 2 timesteps")
         if not bool(((betas > 0) & (betas <= 1)).all()):
             raise ValueError("betas must lie in (0, 1]")
+        from .gaussian import posterior_coefficients  # the one home of DDPM Eq. (7)
+
         alphas = 1 - betas
         ac = torch.cumprod(alphas, 0)
         ac_prev = torch.cat([ac.new_ones(1), ac[:-1]])
-        posterior_variance = betas * (1 - ac_prev) / (1 - ac)
+        coef1, coef2, posterior_variance = posterior_coefficients(ac, ac_prev, beta=betas)
         # posterior_variance[0] == 0; the log is clipped by repeating the t=1 value
         # (Improved DDPM), so the t=0 decoder keeps a finite variance.
         posterior_log_variance_clipped = torch.log(
@@ -132,8 +148,8 @@ class DiffusionSchedule:
             sqrt_recipm1_alphas_cumprod=(1 / ac - 1).sqrt(),
             posterior_variance=posterior_variance,
             posterior_log_variance_clipped=posterior_log_variance_clipped,
-            posterior_mean_coef1=betas * ac_prev.sqrt() / (1 - ac),
-            posterior_mean_coef2=(1 - ac_prev) * alphas.sqrt() / (1 - ac),
+            posterior_mean_coef1=coef1,
+            posterior_mean_coef2=coef2,
         )
 
     @classmethod

@@ -443,21 +443,32 @@ class DDPM(L.LightningModule):
     def sampler_settings(self, sampler: str | None = None, steps: int | None = None,
                          eta: float | None = None) -> tuple[str, int, float, dict]:
         """(name, steps, eta, options): explicit arguments over the YAML ``sampler_config`` over the
-        built-in defaults (DDIM, 50 steps, eta 0), plus the options the model implies."""
-        cfg = {"sampler": "ddim", "steps": 50, "eta": 0.0, **self.sampler_config}
+        built-in defaults (DDIM, 50 steps, eta 0; 1 for ancestral sigma samplers), plus the options the model
+        implies. The config's ``eta`` applies to the config's sampler only."""
+        from ldm.samplers import SAMPLERS, default_eta, resolve_name
+
+        cfg = {"sampler": "ddim", "steps": 50, "eta": None, **self.sampler_config}
         options = {k: v for k, v in cfg.items() if k not in ("sampler", "steps", "eta")}
         options = {**self.sampler_defaults(), "variance_type": self.variance_type, **options}
-        return (str(sampler or cfg["sampler"]), int(steps if steps is not None else cfg["steps"]),
-                float(eta if eta is not None else cfg["eta"]), options)
+        name = str(sampler or cfg["sampler"])
+        if options.get("sigmas") is not None and resolve_name(name, options["sigmas"]) in SAMPLERS:
+            options.pop("sigmas")  # a config's sigma schedule does not apply to a discrete-grid sampler
+        if eta is None and (sampler is None or sampler == cfg["sampler"]):  # the config's eta goes with its sampler
+            eta = cfg["eta"]
+        if eta is None:  # 0, or 1 for the ancestral sigma-space samplers (euler_a, dpmpp_2s_a, dpmpp_2m_sde)
+            eta = default_eta(name, options.get("sigmas"))
+        return name, int(steps if steps is not None else cfg["steps"]), float(eta), options
 
     def build_sampler(self, sampler: str | None = None, steps: int | None = None, eta: float | None = None,
                       progress: bool = False, **options):
         """A :mod:`ldm.samplers` sampler for this model's schedule and parameterisation."""
-        from ldm.samplers import ALIASES, get_sampler
+        from ldm.samplers import ANCESTRAL, get_sampler, resolve_name
 
         name, steps, eta, defaults = self.sampler_settings(sampler, steps, eta)
+        if options.get("sigmas", "") is None:  # not given: the sampler_config's, if any
+            options.pop("sigmas")
         options = {**defaults, **options}
-        if eta != 0.0 or ALIASES.get(name.lower(), name.lower()) in ("ddim", "plms"):
+        if eta != 0.0 or resolve_name(name, options.get("sigmas")) in ("ddim", "plms", *ANCESTRAL):
             options["eta"] = eta
         return get_sampler(name, self.schedule, self.parameterization, steps=steps, progress=progress, **options)
 
@@ -507,16 +518,17 @@ class DDPM(L.LightningModule):
 
     @torch.no_grad()
     def log_images(self, batch: Mapping, N: int = 8, n_row: int = 2, sample: bool = True, ddim_steps: int = 50,
-                   ddim_eta: float = 0.0, plot_diffusion_rows: bool = False, split: str | None = None,
-                   **kwargs) -> dict:
+                   ddim_eta: float | None = None, plot_diffusion_rows: bool = False, split: str | None = None,
+                   sampler: str | None = None, sigmas: str | None = None, **kwargs) -> dict:
         """Images for the ImageLogger, all ``B×C×H×W`` in [-1, 1]: ``inputs``, ``diffusion_row``
-        (optional) and ``samples`` (a cheap ``ddim_steps`` DDIM run with the EMA weights)."""
+        (optional) and ``samples`` (a cheap ``ddim_steps`` run with the EMA weights; ``sampler`` / ``sigmas``
+        over the ``sampler_config``, e.g. ``log_images_kwargs: {sampler: dpmpp_2m, sigmas: karras}``)."""
         x = self.get_input(batch, self.first_stage_key)[:N].to(self.device)
         out = {"inputs": x}
         if plot_diffusion_rows:
             out["diffusion_row"] = self.diffusion_row(x[:n_row])
         if sample:
-            out["samples"] = self.sample(x.shape[0], steps=ddim_steps, eta=ddim_eta)
+            out["samples"] = self.sample(x.shape[0], sampler=sampler, steps=ddim_steps, eta=ddim_eta, sigmas=sigmas)
         return out
 
     def diffusion_row(self, x: torch.Tensor, n_steps: int = 5) -> torch.Tensor:

@@ -579,11 +579,13 @@ class LatentDiffusion(DDPM):
 
     @torch.no_grad()
     def log_images(self, batch: Mapping, N: int = 8, n_row: int = 4, sample: bool = True, ddim_steps: int = 50,
-                   ddim_eta: float = 0.0, guidance_scale: float = 1.0, plot_diffusion_rows: bool = False,
-                   split: str | None = None, unconditional_guidance_scale: float | None = None, **kwargs) -> dict:
+                   ddim_eta: float | None = None, guidance_scale: float = 1.0, plot_diffusion_rows: bool = False,
+                   split: str | None = None, unconditional_guidance_scale: float | None = None,
+                   sampler: str | None = None, sigmas: str | None = None, **kwargs) -> dict:
         """Images for the ImageLogger, ``B×C×H×W`` in [-1, 1]: ``inputs``, ``reconstruction``,
         ``conditioning`` (image conditions), ``diffusion_row`` (optional), ``samples`` (a cheap
-        ``ddim_steps`` DDIM run with EMA weights) and ``samples_cfg_scale_<s>`` when guided."""
+        ``ddim_steps`` run with EMA weights; ``sampler`` / ``sigmas`` over the ``sampler_config``) and
+        ``samples_cfg_scale_<s>`` when guided."""
         if unconditional_guidance_scale is not None:
             guidance_scale = unconditional_guidance_scale
         z = self.latents_from_batch(batch, N, sample=False)
@@ -603,8 +605,9 @@ class LatentDiffusion(DDPM):
             source = raw if raw is not None else n
             if self.concat_mask_key is not None:
                 source = {k: v[:n] for k, v in batch.items() if k in (self.cond_stage_key, self.concat_mask_key)}
-            out["samples"] = self.sample(source, steps=ddim_steps, eta=ddim_eta)
+            out["samples"] = self.sample(source, sampler=sampler, steps=ddim_steps, eta=ddim_eta, sigmas=sigmas)
             if guidance_scale != 1.0 and self.can_guide:
                 out[f"samples_cfg_scale_{guidance_scale:.2f}"] = self.sample(
-                    source, steps=ddim_steps, eta=ddim_eta, guidance_scale=guidance_scale)
+                    source, sampler=sampler, steps=ddim_steps, eta=ddim_eta, sigmas=sigmas,
+                    guidance_scale=guidance_scale)
         return out

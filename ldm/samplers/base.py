@@ -18,7 +18,7 @@ from typing import Any, Callable
 import torch
 from tqdm.auto import tqdm
 
-from ..diffusion.gaussian import check_parameterization, x0_eps_from_output
+from ..diffusion.gaussian import check_parameterization, q_sample_at, x0_eps_from_output
 from ..diffusion.reverse import check_variance_type, split_variance_output, threshold_x0
 from ..diffusion.schedule import DiffusionSchedule, as_schedule
 from .spacing import make_timesteps
@@ -120,7 +120,7 @@ class Sampler:
         alpha, sigma = self.alpha_sigma(k)
         if sigma == 0.0:
             return x0
-        return alpha * x0 + sigma * randn(x0.shape, generator, x0.device, x0.dtype)
+        return q_sample_at(x0, alpha, sigma, randn(x0.shape, generator, x0.device, x0.dtype))
 
     # -- per-sampler update ----------------------------------------------------------------
     def step(self, denoise: Denoiser, x: torch.Tensor, k: int, cond, state: dict,

@@ -12,7 +12,7 @@ import math
 
 import torch
 
-from ..diffusion.gaussian import x0_eps_from_output
+from ..diffusion.gaussian import q_sample_at, x0_eps_from_output
 from .base import Sampler, randn
 
 
@@ -63,8 +63,8 @@ class DDIMSampler(Sampler):
             prediction, _ = self.model_output(denoise, x, k, cond)
             _, eps = x0_eps_from_output(prediction, x, math.sqrt(a_next), math.sqrt(1 - a_next),
                                         self.parameterization)
-            x0_hat = (x - math.sqrt(1 - a_cur) * eps) / math.sqrt(a_cur)
-            x = math.sqrt(a_next) * x0_hat + math.sqrt(1 - a_next) * eps
+            x0_hat, _ = x0_eps_from_output(eps, x, math.sqrt(a_cur), math.sqrt(1 - a_cur), "eps")
+            x = q_sample_at(x0_hat, math.sqrt(a_next), math.sqrt(1 - a_next), eps)
             if callback is not None:
                 callback(k, self.sample_timesteps[k], x, x0_hat)
         return x

@@ -14,6 +14,7 @@ import math
 
 import torch
 
+from ..diffusion.gaussian import interpolate_log_variance, posterior_coefficients
 from .base import Sampler, randn
 
 
@@ -25,15 +26,10 @@ class DDPMSampler(Sampler):
         super().__init__(schedule, parameterization, steps=steps, variance_type=variance_type, **options)
 
     def transition(self, k: int) -> dict:
-        """Posterior coefficients of the step from level k to level k+1 (python floats)."""
+        """Posterior coefficients of the step from level k to level k+1 (python floats, DDPM Eq. 7)."""
         a, a_next = self.levels[k], self.levels[k + 1]
-        beta = 1.0 - a / a_next
-        return {
-            "coef_x0": math.sqrt(a_next) * beta / (1.0 - a),
-            "coef_xt": math.sqrt(a / a_next) * (1.0 - a_next) / (1.0 - a),
-            "beta": beta,
-            "posterior_variance": beta * (1.0 - a_next) / (1.0 - a),
-        }
+        coef_x0, coef_xt, variance = posterior_coefficients(a, a_next)
+        return {"coef_x0": coef_x0, "coef_xt": coef_xt, "beta": 1.0 - a / a_next, "posterior_variance": variance}
 
     def log_variance(self, c: dict, var_values: torch.Tensor | None):
         if self.variance_type == "fixed_small":
@@ -42,8 +38,7 @@ class DDPMSampler(Sampler):
             return math.log(c["beta"])
         if self.variance_type == "learned":
             return var_values
-        frac = (var_values + 1) / 2
-        return frac * math.log(c["beta"]) + (1 - frac) * math.log(c["posterior_variance"])
+        return interpolate_log_variance(var_values, math.log(c["beta"]), math.log(c["posterior_variance"]))
 
     def step(self, denoise, x, k, cond, state, generator):
         prediction, var_values = self.model_output(denoise, x, k, cond)

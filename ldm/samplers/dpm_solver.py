@@ -17,16 +17,8 @@ from __future__ import annotations
 
 import math
 
+from ..diffusion.gaussian import log_snr
 from .base import Sampler
-
-
-def log_snr(alpha: float, sigma: float) -> float:
-    """lambda = log(alpha/sigma), with the +-inf limits at the ends of the schedule."""
-    if alpha == 0.0:
-        return -math.inf
-    if sigma == 0.0:
-        return math.inf
-    return math.log(alpha) - math.log(sigma)
 
 
 class DPMSolverPlusPlus2MSampler(Sampler):
@@ -45,7 +37,7 @@ class DPMSolverPlusPlus2MSampler(Sampler):
         alpha_n, sigma_n = self.alpha_sigma(k + 1)
         if sigma_n == 0.0:
             return x0, x0
-        h = log_snr(alpha_n, sigma_n) - log_snr(alpha_c, sigma_c)
+        h = log_snr(self.levels[k + 1]) - log_snr(self.levels[k])
         prev_x0, prev_h = state.get("x0"), state.get("h")
         last = k == self.num_steps - 1
         if prev_x0 is None or not math.isfinite(prev_h) or (last and self.lower_order_final):

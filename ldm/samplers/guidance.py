@@ -128,12 +128,12 @@ def gradient_guidance(denoise: Callable, log_likelihood_fn: Callable[[torch.Tens
             else:
                 with torch.no_grad():
                     _, eps = x0_eps_from_output(denoise(x, t, cond), x, alpha, sigma, parameterization)
-                x0 = (x_in - sigma * eps) / alpha
+                x0, _ = x0_eps_from_output(eps, x_in, alpha, sigma, "eps")
             image = decode(x0) if decode is not None else x0
             log_lik = log_likelihood_fn(image).sum()
             grad, = torch.autograd.grad(log_lik, x_in)
         eps = eps.detach() - sigma * float(scale) * grad
-        x0 = (x - sigma * eps) / alpha
+        x0, _ = x0_eps_from_output(eps, x, alpha, sigma, "eps")
         return output_from_x0_eps(x0, eps, alpha, sigma, parameterization)
 
     return guided

@@ -17,6 +17,8 @@ import operator
 
 import torch
 
+from ..diffusion.gaussian import log_snr
+
 SPACINGS = ("uniform", "quad", "linspace", "trailing", "logsnr")
 
 
@@ -47,7 +49,7 @@ def make_timesteps(num_timesteps: int, steps: int, spacing: str = "uniform",
         if alphas_cumprod is None:
             raise ValueError("spacing='logsnr' needs alphas_cumprod")
         ac = torch.as_tensor(alphas_cumprod, dtype=torch.float64)
-        lam = 0.5 * (torch.log(ac) - torch.log1p(-ac))
+        lam = log_snr(ac)
         finite = torch.isfinite(lam)
         lo = float(lam[finite].min())  # zero terminal SNR: the last step (lambda = -inf) is added below
         targets = torch.linspace(float(lam[0]), lo, steps - int(not bool(finite[-1])), dtype=torch.float64)
