@@ -49,6 +49,27 @@ def first_tensor(obj) -> torch.Tensor | None:
     return None
 
 
+
+def generator_from_seed(seed: int | None, generator: torch.Generator | None) -> torch.Generator | None:
+    """``seed`` as a CPU generator (one works for every device); refuses both at once."""
+    if seed is None:
+        return generator
+    if generator is not None:
+        raise ValueError("pass either generator or seed, not both")
+    return torch.Generator().manual_seed(int(seed))
+
+
+def sample_placement(given, cond, device, dtype) -> tuple[torch.device, torch.dtype]:
+    """Device and dtype of a sampling run: those of the first given image tensor (``x_T``,
+    ``x_start``, ``known``), else ``device``/``dtype``, else ``cond``'s tensors, else CPU float32."""
+    ref = next((v for v in given if v is not None), None)
+    if ref is not None:
+        return ref.device, ref.dtype
+    ref = first_tensor(cond)
+    device = torch.device(device) if device is not None else (ref.device if ref is not None else torch.device("cpu"))
+    dtype = dtype or (ref.dtype if ref is not None and ref.is_floating_point() else torch.get_default_dtype())
+    return device, dtype
+
 class Sampler:
     """Base class: timestep selection, prediction conversion, img2img, inpainting, the loop."""
 
@@ -150,17 +171,8 @@ class Sampler:
           ``{"samples": x, "intermediates": {"x_inter": [...], "pred_x0": [...]}}`` every
           ``log_every`` steps.
         """
-        if seed is not None:
-            if generator is not None:
-                raise ValueError("pass either generator or seed, not both")
-            generator = torch.Generator().manual_seed(int(seed))
-        ref = next((v for v in (x_T, x_start, known) if v is not None), None)
-        if ref is None:
-            ref = first_tensor(cond)
-            device = torch.device(device) if device is not None else (ref.device if ref is not None else torch.device("cpu"))
-            dtype = dtype or (ref.dtype if ref is not None and ref.is_floating_point() else torch.get_default_dtype())
-        else:
-            device, dtype = ref.device, ref.dtype
+        generator = generator_from_seed(seed, generator)
+        device, dtype = sample_placement((x_T, x_start, known), cond, device, dtype)
         start = self.start_index(strength)
         if x_T is not None:
             x = x_T.to(device=device, dtype=dtype)

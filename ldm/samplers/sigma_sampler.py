@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 
 from ..diffusion.gaussian import q_sample_at
 from ..diffusion.schedule import as_schedule
-from .base import first_tensor, randn
+from .base import generator_from_seed, randn, sample_placement
 from .denoiser import DiscreteDenoiser
 from .k_samplers import K_SAMPLER_OPTIONS, K_SAMPLERS
 from .sigmas import SIGMA_SCHEDULES, make_sigmas
@@ -97,17 +97,8 @@ class SigmaSampler:
         """Draw samples (arguments as :meth:`ldm.samplers.base.Sampler.sample`). ``denoise`` is the
         discrete model, or with ``sigma_space=True`` already a denoiser ``D(x, sigma, cond) -> x0``.
         ``callback(k, sigma, x, pred_x0)`` after each step."""
-        if seed is not None:
-            if generator is not None:
-                raise ValueError("pass either generator or seed, not both")
-            generator = torch.Generator().manual_seed(int(seed))
-        ref = next((v for v in (x_T, x_start, known) if v is not None), None)
-        if ref is None:
-            ref = first_tensor(cond)
-            device = torch.device(device) if device is not None else (ref.device if ref is not None else torch.device("cpu"))
-            dtype = dtype or (ref.dtype if ref is not None and ref.is_floating_point() else torch.get_default_dtype())
-        else:
-            device, dtype = ref.device, ref.dtype
+        generator = generator_from_seed(seed, generator)
+        device, dtype = sample_placement((x_T, x_start, known), cond, device, dtype)
         start = self.start_index(strength)
         sigmas = self.sigmas[start:]
         sigma_0 = float(sigmas[0])
