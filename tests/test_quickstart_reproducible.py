@@ -18,20 +18,25 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _fast_run(out: Path, seed: int) -> dict:
+def _fast_runs(outs: list[Path], seed: int) -> list[dict]:
+    """``--fast --seed seed`` into each of ``outs``, as separate processes running side by side."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline"}
-    proc = subprocess.run([sys.executable, "-m", "ldm.cli.quickstart", "--fast", "--seed", str(seed), "--out", str(out),
-                           "--threads", "1"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
-                          check=False)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
-    assert "steps/s" in proc.stdout and "[quickstart] text LDM: step 3/3 (100%)" in proc.stdout
-    return json.loads((out / "report.json").read_text())
+    procs = [subprocess.Popen([sys.executable, "-m", "ldm.cli.quickstart", "--fast", "--seed", str(seed), "--out",
+                               str(out), "--threads", "1"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for out in outs]
+    reports = []
+    for proc, out in zip(procs, outs):
+        stdout, stderr = proc.communicate(timeout=300)
+        assert proc.returncode == 0, stdout[-3000:] + stderr[-5000:]
+        assert "steps/s" in stdout and "[quickstart] text LDM: step 3/3 (100%)" in stdout
+        reports.append(json.loads((out / "report.json").read_text()))
+    return reports
 
 
 def test_two_fast_runs_with_the_same_seed_report_identical_numbers(tmp_path):
     from ldm.cli.quickstart_report import reproducible_numbers
 
-    first, second = _fast_run(tmp_path / "a", 7), _fast_run(tmp_path / "b", 7)
+    first, second = _fast_runs([tmp_path / "a", tmp_path / "b"], seed=7)
     numbers = reproducible_numbers(first)
     assert numbers == reproducible_numbers(second)
     assert numbers["autoencoder.steps"] == numbers["class_conditional.train_steps"] \
