@@ -117,8 +117,10 @@ def evaluate_class_model(model, budget: Budget, seed: int) -> tuple[dict, Any]:
 
 
 def evaluate_text_model(model, budget: Budget, seed: int) -> tuple[dict, Any]:
-    from ldm.data.shapes import ShapesValidation
-    from ldm.eval.shapes_oracle import caption_accuracy
+    import torch
+
+    from ldm.data.shapes import ShapesValidation, parse_caption
+    from ldm.eval.shapes_oracle import caption_accuracy, predict_attributes
 
     data = ShapesValidation(size=32, length=max(1, budget.text_samples), seed=0)
     captions = [data[i]["caption"] for i in range(len(data))]
@@ -132,6 +134,9 @@ def evaluate_text_model(model, budget: Budget, seed: int) -> tuple[dict, Any]:
     acc_cfg, images = accuracy("ddim", budget.ddim_steps, g)
     acc_scale1, _ = accuracy("ddim", budget.ddim_steps, 1.0)
     acc_dpm_few, _ = accuracy("dpm_solver++", budget.fast_steps, g)
+    # which word failed: the shape or the colour (the failure mode of docs/quality.md: square vs circle)
+    wanted = torch.tensor([parse_caption(c) for c in captions], dtype=torch.long).reshape(-1, 2)
+    shape, color = predict_attributes(images)
     report = {
         "guidance_scale": g,
         "ddim_steps": budget.ddim_steps,
@@ -140,6 +145,8 @@ def evaluate_text_model(model, budget: Budget, seed: int) -> tuple[dict, Any]:
         "oracle_accuracy_cfg": acc_cfg,
         "oracle_accuracy_scale1": acc_scale1,
         "oracle_accuracy_dpm_solver_fast_steps_cfg": acc_dpm_few,
+        "shape_accuracy_cfg": float((shape == wanted[:, 0]).float().mean()),
+        "color_accuracy_cfg": float((color == wanted[:, 1]).float().mean()),
         "captions": captions[:16],
     }
     return report, images

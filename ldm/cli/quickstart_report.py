@@ -45,7 +45,7 @@ def reproducible_numbers(report: dict) -> dict[str, float]:
     for kind in ("class_conditional", "text_conditional"):
         part = report[kind]
         for key, value in part.items():
-            if key.startswith("oracle_accuracy") or key in ("train_steps", "scale_factor"):
+            if "accuracy" in key or key in ("train_steps", "scale_factor"):
                 numbers[f"{kind}.{key}"] = value
     unconditional = report["class_conditional"]["unconditional"]
     numbers["unconditional.total_variation"] = unconditional["total_variation"]
@@ -76,6 +76,8 @@ def markdown_report(report: dict) -> str:
         (f"Text-conditional oracle accuracy, DDIM {txt['ddim_steps']} steps, CFG {g:g}",
          f"{txt['oracle_accuracy_cfg']:.1%}", _target_text("text_oracle_accuracy_cfg")),
         ("  same, guidance scale 1", f"{txt['oracle_accuracy_scale1']:.1%}", "< CFG"),
+        ("  shape word / colour word right, CFG",
+         f"{txt.get('shape_accuracy_cfg', float('nan')):.1%} / {txt.get('color_accuracy_cfg', float('nan')):.1%}", ""),
         (f"  DPM-Solver++ {txt['fast_steps']} steps, CFG {g:g}",
          f"{txt['oracle_accuracy_dpm_solver_fast_steps_cfg']:.1%}", "≈ DDIM"),
         (f"Unconditional samples ({unc['num_samples']}): TV distance of the class histogram to the data's",
