@@ -101,7 +101,8 @@ def budget_from_args(args: argparse.Namespace) -> Budget:
         value = getattr(args, flag)
         if value is not None:
             if value <= 0:
-                raise SystemExit(f"quickstart: error: --{flag.replace('_', '-')} must be positive, got {value}")
+                print(f"quickstart: error: --{flag.replace('_', '-')} must be positive, got {value}", file=sys.stderr)
+                raise SystemExit(2)
             setattr(budget, name, float(value) if name.endswith("minutes") else type(getattr(budget, name))(value))
     budget.extra_overrides = list(args.overrides)
     return budget
