@@ -1,0 +1,42 @@
+"""How big each part of the quick start is: step budgets, not time boxes.
+
+Every training stage runs a fixed number of optimizer steps from fixed seeds (Lightning's
+``seed_everything(seed)`` before the model is built, so weights, the shuffled data order and the
+diffusion noise repeat; the shapes data are rendered from ``(seed 0, split, index)``), so the same
+command gives the same model on any machine - only the time it takes varies. The defaults were sized
+from idle-machine rates on a 2-core CPU (torch on 2 threads, docs/quality.md): autoencoder ~9 steps/s,
+class LDM ~17 steps/s, text LDM (cross-attention at 8×8 and 4×4) ~8 steps/s, so
+3000 / 9 + 3000 / 17 + 2000 / 8 ≈ 760 s of training, plus ~20 s of sampling and ~80 s of setup: within
+15 minutes. A time box (``--ae-minutes`` / ``--ldm-minutes``) stays available as an explicit cap.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class Budget:
+    ae_steps: int = 3000
+    class_steps: int = 3000
+    text_steps: int = 2000
+    ae_minutes: float | None = None      # optional time box per stage (None: the step budget alone)
+    ldm_minutes: float | None = None
+    ae_batch_size: int = 16
+    ldm_batch_size: int = 32
+    val_images: int = 256               # autoencoder PSNR on this many validation images
+    samples_per_class: int = 8          # class-conditional samples: 12 classes × this
+    text_samples: int = 96
+    unconditional_samples: int = 768    # TV's sampling noise with 12 classes: ~0.05 at 768, ~0.1 at 192
+    ddim_steps: int = 25
+    fast_steps: int = 10                # DPM-Solver++ (and a DDIM run at the same count)
+    guidance_scale: float = 5.0
+    extra_overrides: list[str] = field(default_factory=list)
+
+    def steps(self, kind: str) -> int:
+        """The step budget of stage ``kind`` ("ae", "class" or "text")."""
+        return {"ae": self.ae_steps, "class": self.class_steps, "text": self.text_steps}[kind]
+
+
+#: ``--fast``: the CI smoke test (seconds): a few steps, tiny batches, few samples
+FAST = {"ae_steps": 3, "class_steps": 3, "text_steps": 3, "ae_batch_size": 4, "ldm_batch_size": 4, "val_images": 8,
+        "samples_per_class": 1, "text_samples": 4, "unconditional_samples": 12, "ddim_steps": 3, "fast_steps": 2}
