@@ -161,15 +161,64 @@ def test_upscale_sampling_uses_the_noise_level(tiny_models):
     assert torch.isfinite(loss)
 
 
+def _checkpoint_and_config(model, name, tmp_path):
+    from safetensors.torch import save_file
+
+    ckpt = tmp_path / f"{name}.safetensors"
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(ckpt))
+    config = tmp_path / f"{name}.yaml"
+    OmegaConf.save({"model": tiny_model_node(name)}, config)
+    return ckpt, config
+
+
+def _png(path, array):
+    import numpy as np
+    from PIL import Image
+
+    Image.fromarray(np.asarray(array, dtype=np.uint8)).save(path)
+    return str(path)
+
+
+def test_inpaint_and_superres_cli_from_checkpoints(tiny_models, tmp_path):
+    """The SD 2 inpainting and x4 models sample through the command: the inpainting model keeps the
+    known pixels (pasted back) and fills the hole; the upscaler turns an 8x8 image into 32x32."""
+    import numpy as np
+    from PIL import Image
+
+    from ldm.cli.sample import main
+
+    rng = np.random.default_rng(0)
+    image = _png(tmp_path / "x.png", rng.integers(0, 256, (16, 16, 3)))
+    hole = np.zeros((16, 16), dtype=np.uint8)
+    hole[4:12, 4:12] = 255
+    mask = _png(tmp_path / "m.png", hole)
+    ckpt, config = _checkpoint_and_config(tiny_models["v2-inpainting-inference"], "v2-inpainting-inference", tmp_path)
+    out = tmp_path / "inpaint"
+    assert main(["inpaint", "--ckpt", str(ckpt), "--config", str(config), "--image", image, "--mask", mask,
+                 "--prompt", "a cat", "--n_samples", "1", "--steps", "2", "--outdir", str(out), "--device", "cpu",
+                 "--no-progress"]) == 0
+    samples = sorted((out / "samples").glob("*.png"))
+    assert samples
+    result = np.asarray(Image.open(samples[0]).convert("RGB"), dtype=np.int16)
+    source = np.asarray(Image.open(image).convert("RGB"), dtype=np.int16)
+    keep = hole == 0
+    assert np.abs(result[keep] - source[keep]).max() <= 1          # known pixels pasted back
+    assert np.abs(result[~keep] - source[~keep]).mean() > 5         # the hole was generated
+
+    low = _png(tmp_path / "low.png", rng.integers(0, 256, (8, 8, 3)))
+    ckpt, config = _checkpoint_and_config(tiny_models["x4-upscaling"], "x4-upscaling", tmp_path)
+    out = tmp_path / "superres"
+    assert main(["superres", "--ckpt", str(ckpt), "--config", str(config), "--input", low, "--prompt", "a cat",
+                 "--n_samples", "1", "--steps", "2", "--outdir", str(out), "--device", "cpu", "--no-progress"]) == 0
+    samples = sorted((out / "samples").glob("*.png"))
+    f = 2 ** (tiny_models["x4-upscaling"].first_stage_model.encoder.num_resolutions - 1)
+    assert samples and Image.open(samples[0]).size == (8 * f, 8 * f)
+
+
 def test_txt2img_cli_from_a_checkpoint(tiny_models, tmp_path):
     from ldm.cli.sample import main
 
-    model = tiny_models["v2-inference"]
-    ckpt = tmp_path / "sd2.safetensors"
-    from safetensors.torch import save_file
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(ckpt))
-    config = tmp_path / "sd2.yaml"
-    OmegaConf.save({"model": tiny_model_node("v2-inference")}, config)
+    ckpt, config = _checkpoint_and_config(tiny_models["v2-inference"], "v2-inference", tmp_path)
     out = tmp_path / "out"
     code = main(["txt2img", "--ckpt", str(ckpt), "--config", str(config), "--prompt", "a cat", "--n_samples", "1",
                  "--steps", "2", "--outdir", str(out), "--device", "cpu", "--no-progress"])

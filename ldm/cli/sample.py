@@ -328,7 +328,8 @@ def run(argv: Sequence[str] | None = None) -> SampleResult:
             n = len(chunk)
             raw = _raw_batch(kind, chunk, device)
             if spatial:
-                raw = sample_spatial.repeat_inputs(spatial_raw, n, device, sample_spatial.text_inputs(model, chunk))
+                raw = sample_spatial.repeat_inputs(spatial_raw, n, device, sample_spatial.text_inputs(model, chunk),
+                                                   model)
             images = draw_batch(model, sampler, raw_condition=raw, batch_size=n,
                                 negative=None if negative is None else [negative] * n,
                                 scale=scale, rescale=args.rescale, shape=(n, *shape),

@@ -50,6 +50,8 @@ def _describe_module(module, model) -> tuple[int, float]:
 
 def concat_inputs(model) -> list[ConcatInput]:
     """The model's concat inputs (empty for models without spatial conditioning)."""
+    if callable(getattr(model, "sampling_concat_inputs", None)):  # a model that states its inputs (SD 2)
+        return [ConcatInput(*entry) for entry in model.sampling_concat_inputs()]
     cond = getattr(model, "cond_stage_model", None)
     if cond is None:
         return []
@@ -146,15 +148,19 @@ def spatial_condition(args, model) -> tuple[dict, tuple[int, int], dict]:
     return raw, (height, width), images
 
 
-def repeat_inputs(raw: dict, n: int, device, extra: dict | None = None) -> dict:
+def repeat_inputs(raw: dict, n: int, device, extra: dict | None = None, model=None) -> dict:
     """The one-sample raw inputs repeated to ``n`` rows on ``device`` (+ ``extra`` entries, e.g. captions)."""
     out = {k: v.to(device).expand(n, *v.shape[1:]) for k, v in raw.items()}
+    if callable(getattr(model, "sampling_extra_inputs", None)):
+        out.update(model.sampling_extra_inputs(n))
     out.update(extra or {})
     return out
 
 
 def text_input_key(model) -> str | None:
     """The input key of a conditioner stack's text entry (a hybrid model's caption), else None."""
+    if callable(getattr(model, "sampling_text_key", None)):
+        return model.sampling_text_key()
     if not getattr(model, "is_stack", False):
         return None
     from ldm.cli.sampling_model import TEXT_KEYS

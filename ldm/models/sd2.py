@@ -54,6 +54,19 @@ class _TextPlusImageCondition(LatentDiffusion):
     def image_condition(self, batch: Mapping, n: int | None) -> dict:
         raise NotImplementedError
 
+    # what the sampling command needs to know (``ldm.cli.sample_spatial``)
+    def sampling_text_key(self) -> str:
+        """The batch key of the caption (cross-attention)."""
+        return self.cond_stage_key
+
+    def sampling_concat_inputs(self) -> list[tuple[str, int, float]]:
+        """``(batch key, channels, input pixels per latent cell)`` of each spatial input."""
+        raise NotImplementedError
+
+    def sampling_extra_inputs(self, n: int) -> dict:
+        """Further batch entries a sampling batch of ``n`` rows needs."""
+        return {}
+
     def condition_from_batch(self, batch: Mapping, n: int | None = None, drop: bool | None = None):
         text = super().condition_from_batch(batch, n, drop)
         return {"crossattn": text, **self.image_condition(batch, n)}
@@ -97,6 +110,10 @@ class LatentInpaintDiffusion(_TextPlusImageCondition):
                 parts.append(F.interpolate(mask, size=masked.shape[-2:]).to(masked.dtype))
         return {"concat": torch.cat(parts, dim=1)}
 
+    def sampling_concat_inputs(self) -> list[tuple[str, int, float]]:
+        f = 2 ** (int(self.first_stage_model.encoder.num_resolutions) - 1)
+        return [(key, 3 if key == self.masked_image_key else 1, float(f)) for key in self.concat_keys]
+
     def init_from_ckpt(self, path, ignore_keys: Sequence[str] = (), only_model: bool = False,
                        trust_checkpoint: bool = False):
         from ldm.checkpoint import load_state_dict
@@ -137,6 +154,14 @@ class LatentUpscaleDiffusion(_TextPlusImageCondition):
         self.low_scale_key = low_scale_key
         self.noise_level_key = noise_level_key
         self._load_deferred(ckpt)
+
+    sampling_noise_level = 20  # the noise level SD's x4 upscaler is usually sampled at
+
+    def sampling_concat_inputs(self) -> list[tuple[str, int, float]]:
+        return [(self.low_scale_key, 3, 1.0)]  # the low-res image has the latent's size
+
+    def sampling_extra_inputs(self, n: int) -> dict:
+        return {self.noise_level_key or "noise_level": torch.full((n,), self.sampling_noise_level, dtype=torch.long)}
 
     def train(self, mode: bool = True):
         super().train(mode)
