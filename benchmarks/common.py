@@ -13,6 +13,8 @@ import types
 import torch
 import torch.nn.functional as F
 
+from ldm.precision import cpu_has_native_bf16, cpu_model
+
 
 #: the trainer's precision name for an autocast dtype (``None``: fp32, no autocast)
 PRECISION_NAMES = {None: "32", torch.bfloat16: "bf16-mixed", torch.float16: "16-mixed"}
@@ -21,20 +23,6 @@ PRECISION_NAMES = {None: "32", torch.bfloat16: "bf16-mixed", torch.float16: "16-
 def autocast(device_type: str, dtype: torch.dtype | None):
     """``torch.autocast`` to ``dtype``, or a no-op context for ``None`` (fp32)."""
     return torch.autocast(device_type, dtype=dtype or torch.float32, enabled=dtype is not None)
-
-
-def cpu_model() -> str:
-    """The CPU's model name (``/proc/cpuinfo``; ``platform.processor()`` elsewhere)."""
-    try:
-        with open("/proc/cpuinfo") as handle:
-            for line in handle:
-                if line.lower().startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    import platform
-
-    return platform.processor() or platform.machine() or "unknown CPU"
 
 
 def cpu_bf16_flags() -> list[str]:
@@ -55,8 +43,6 @@ def describe_device(device: torch.device | str) -> str:
         bf16 = torch.cuda.is_bf16_supported(including_emulation=False)
         major, minor = torch.cuda.get_device_capability(device)
         return f"{torch.cuda.get_device_name(device)} (sm_{major}{minor}), bf16 {'native' if bf16 else 'not native'}"
-    from ldm.precision import cpu_has_native_bf16
-
     flags = cpu_bf16_flags()
     isa = torch.backends.cpu.get_cpu_capability()
     if cpu_has_native_bf16():

@@ -43,6 +43,21 @@ _BF16_NAMES = {"bf16", "bf16-mixed", "bf16-true"}
 _warned = False
 
 
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo``; ``platform.processor()`` elsewhere), printed beside
+    every benchmark table and in the quick-start report."""
+    try:
+        with open("/proc/cpuinfo") as handle:
+            for line in handle:
+                if line.lower().startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor() or platform.machine() or "unknown CPU"
+
+
 def cpu_has_native_bf16() -> bool:
     """Whether oneDNN runs bf16 convolutions and matmuls on this CPU (AVX-512 or better)."""
     try:

@@ -126,7 +126,8 @@ def test_demo_configs_default_to_auto():
 
 @pytest.mark.parametrize("native, words", [(True, "bf16 native"), (False, "bf16 NOT native")])
 def test_benchmark_header_names_the_cpu_and_its_bf16_support(cpu, native, words):
-    from benchmarks.common import cpu_model, describe_device
+    from benchmarks.common import describe_device
+    from ldm.precision import cpu_model
 
     cpu(native)
     line = describe_device("cpu")

@@ -8,8 +8,9 @@ sums, not the number of training steps: the stages are step budgets.
 from __future__ import annotations
 
 import os
-import platform
 import time
+
+from ldm.precision import cpu_has_native_bf16, cpu_model
 
 
 def _cpu_times() -> tuple[int, int] | None:
@@ -48,34 +49,12 @@ def pick_threads(requested: int, busy: float | None = None) -> int:
     return max(1, min(cores, round(cores - busy)))
 
 
-def cpu_model() -> str:
-    """The CPU's model name (``/proc/cpuinfo``; ``platform.processor()`` elsewhere)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.lower().startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "unknown"
-
-
-def native_cpu_bf16() -> bool:
-    """Whether oneDNN runs bfloat16 natively on this CPU (AVX512-BF16 / AMX); False where torch cannot tell."""
-    import torch
-
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
-
-
 def machine_info(threads: int, busy: float | None = None) -> dict:
     """What the report states about the machine: CPU model and cores, torch threads and version, bf16."""
     import torch
 
     info = {"cpu_model": cpu_model(), "cpu_count": os.cpu_count() or 1, "torch_threads": threads,
-            "torch_version": torch.__version__, "native_cpu_bf16": native_cpu_bf16()}
+            "torch_version": torch.__version__, "native_cpu_bf16": cpu_has_native_bf16()}
     if busy is not None:
         info["busy_cores_at_start"] = round(busy, 2)
     return info
