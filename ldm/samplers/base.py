@@ -50,6 +50,17 @@ def first_tensor(obj) -> torch.Tensor | None:
 
 
 
+def start_index(strength: float, num_steps: int) -> int:
+    """First of ``num_steps`` steps to run for image-to-image at ``strength`` in (0, 1]: the last
+    ``int(strength * num_steps)`` steps run (1 = all, from the pure-noise level)."""
+    if not 0.0 < float(strength) <= 1.0:
+        raise ValueError(f"strength must be in (0, 1], got {strength}")
+    n_run = int(float(strength) * num_steps)
+    if n_run < 1:
+        raise ValueError(f"strength={strength} runs no step out of {num_steps}; raise strength or steps")
+    return num_steps - n_run
+
+
 def generator_from_seed(seed: int | None, generator: torch.Generator | None) -> torch.Generator | None:
     """``seed`` as a CPU generator (one works for every device); refuses both at once."""
     if seed is None:
@@ -129,12 +140,7 @@ class Sampler:
 
     def start_index(self, strength: float) -> int:
         """First step to run for image-to-image at ``strength`` in (0, 1] (1 = from pure noise level)."""
-        if not 0.0 < float(strength) <= 1.0:
-            raise ValueError(f"strength must be in (0, 1], got {strength}")
-        n_run = int(float(strength) * self.num_steps)
-        if n_run < 1:
-            raise ValueError(f"strength={strength} runs no step out of {self.num_steps}; raise strength or steps")
-        return self.num_steps - n_run
+        return start_index(strength, self.num_steps)
 
     def noise_to_level(self, x0: torch.Tensor, k: int, generator) -> torch.Tensor:
         """q_sample of ``x0`` at the noise level before step ``k`` (DDPM Eq. 4)."""

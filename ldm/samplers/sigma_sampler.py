@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 
 from ..diffusion.gaussian import q_sample_at
 from ..diffusion.schedule import as_schedule
-from .base import generator_from_seed, randn, sample_placement
+from .base import generator_from_seed, randn, sample_placement, start_index
 from .denoiser import DiscreteDenoiser
 from .k_samplers import K_SAMPLER_OPTIONS, K_SAMPLERS
 from .sigmas import SIGMA_SCHEDULES, make_sigmas
@@ -79,12 +79,7 @@ class SigmaSampler:
         return DiscreteDenoiser(denoise, self.schedule, **self.denoiser_options)
 
     def start_index(self, strength: float) -> int:
-        if not 0.0 < float(strength) <= 1.0:
-            raise ValueError(f"strength must be in (0, 1], got {strength}")
-        n_run = int(float(strength) * self.num_steps)
-        if n_run < 1:
-            raise ValueError(f"strength={strength} runs no step out of {self.num_steps}; raise strength or steps")
-        return self.num_steps - n_run
+        return start_index(strength, self.num_steps)
 
     @torch.no_grad()
     def sample(self, denoise: Callable, shape=None, cond=None, x_T: torch.Tensor | None = None,
