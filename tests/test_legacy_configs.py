@@ -6,7 +6,6 @@ Big models are built on the meta device (no memory, no init cost). The one text 
 a download, Stable Diffusion's FrozenCLIPEmbedder (openai/clip-vit-large-patch14), is pointed at a
 tiny random CLIP text model saved locally (``version`` override); everything else is as shipped.
 """
-import ast
 from pathlib import Path
 
 import pytest
@@ -14,6 +13,7 @@ import torch
 from omegaconf import OmegaConf
 
 from ldm.models.latent_diffusion import LatentDiffusion
+from key_dumps import read_keys
 from ldm.util import instantiate_from_config
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -34,14 +34,6 @@ EXPECTED = {
     "models_ldm_text2img256": ("crossattn", "BERTEmbedder"), "rdm-768x768": ("crossattn", "Identity"),
     "sd-v1-inference": ("crossattn", "FrozenCLIPEmbedder"), "txt2img-1p4B-eval": ("crossattn", "BERTEmbedder"),
 }
-
-
-def read_keys(name):
-    out = {}
-    for line in (FIXTURES / name).read_text().splitlines():
-        key, shape = line.split("\t")
-        out[key] = tuple(ast.literal_eval(shape))
-    return out
 
 
 @pytest.fixture(scope="module")

@@ -1,8 +1,6 @@
 """Stable Diffusion 2.x: the four original configs build with our classes (original target names),
 to the original key layout (checked against the v2-inference-v checkpoint's key dump), load an
 original-layout state dict strictly, and — shrunk to tiny widths — sample."""
-import ast
-from pathlib import Path
 
 import pytest
 import torch
@@ -10,18 +8,10 @@ from omegaconf import OmegaConf
 
 from ldm.models.sd2 import LatentInpaintDiffusion, LatentUpscaleDiffusion
 from ldm.modules.upscaling import ImageConcatWithNoiseAugmentation
+from key_dumps import read_keys
 from ldm.util import instantiate_from_config
 from sd2_fixtures import SD2_NAMES, original_model_node, tiny_model_node
 
-FIXTURES = Path(__file__).parent / "fixtures"
-
-
-def read_keys(name):
-    out = {}
-    for line in (FIXTURES / name).read_text().splitlines():
-        key, shape = line.split("\t")
-        out[key] = tuple(ast.literal_eval(shape))
-    return out
 
 
 def layout_state_dict(model, dump):
