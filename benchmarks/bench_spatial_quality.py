@@ -11,8 +11,9 @@ configs on its latents - ``configs/demo/ldm_{superres,mask2img,inpaint}_kl_f4.ya
   upsampling of the same input and the autoencoder's own reconstruction (the ceiling);
 * mask-to-image: IoU between the silhouette the shapes oracle finds in the sample and the input
   mask (guidance scale 1 and 2), next to the IoU of the input mask with another image's mask (chance);
-* inpainting: mean absolute error on the known pixels (no paste-back) vs the autoencoder's
-  reconstruction error there, and the oracle's (shape, colour) accuracy on the filled images vs the
+* inpainting: mean absolute error on the known pixels (decoded, no paste-back) with the known
+  latents held during sampling (``sample inpaint``'s default) and without (``--no-blend``) vs the
+  autoencoder's reconstruction error there, and the oracle's (shape, colour) accuracy on the filled images vs the
   accuracy on the masked input (how much of the answer the hole hid).
 
 Writes ``<out>/report.json`` and prints a markdown table (docs/quality.md).
@@ -57,12 +58,12 @@ def _validation(n: int):
     return batch
 
 
-def _sample(model, source, n: int, steps: int, seed: int, scale: float = 1.0):
+def _sample(model, source, n: int, steps: int, seed: int, scale: float = 1.0, sample_kwargs: dict | None = None):
     import torch
 
     generator = torch.Generator().manual_seed(seed)
     x_T = torch.randn((n, model.channels, model.image_size, model.image_size), generator=generator)
-    return model.sample(source, steps=steps, x_T=x_T, guidance_scale=scale, eta=0.0)
+    return model.sample(source, steps=steps, x_T=x_T, guidance_scale=scale, eta=0.0, sample_kwargs=sample_kwargs)
 
 
 def _iou(a, b) -> float:
@@ -114,16 +115,34 @@ def evaluate(mode: str, model, batch: dict, steps: int, seed: int) -> dict:
         result["iou_chance"] = sum(_iou(a, b) for a, b in zip(shifted[:, 0].numpy() > .5, mask[:, 0].numpy() > .5)) / n
         return result
     hole = batch["inpaint_mask"]
-    out = _sample(model, {k: batch[k] for k in ("masked_image", "inpaint_mask")}, n, steps, seed)
+    inputs = {k: batch[k] for k in ("masked_image", "inpaint_mask")}
+    free = _sample(model, inputs, n, steps, seed)
+    held = _sample(model, inputs, n, steps, seed, sample_kwargs=held_latents(model, image, hole))
     keep = 1.0 - hole
-    known_error = float(((out - image).abs() * keep).sum() / (keep.sum() * 3))
-    ae_error = float(((recon - image).abs() * keep).sum() / (keep.sum() * 3))
     labels = batch["class_label"]
-    return {"known_region_mae": known_error, "autoencoder_known_region_mae": ae_error,
-            "filled_oracle_accuracy": oracle_accuracy(out, labels),
-            "filled_pasted_oracle_accuracy": oracle_accuracy(keep * image + hole * out, labels),
+
+    def known_error(images) -> float:
+        return float(((images - image).abs() * keep).sum() / (keep.sum() * 3))
+
+    return {"known_region_mae": known_error(held), "known_region_mae_no_blend": known_error(free),
+            "autoencoder_known_region_mae": known_error(recon),
+            "filled_oracle_accuracy": oracle_accuracy(held, labels),
+            "filled_pasted_oracle_accuracy": oracle_accuracy(keep * image + hole * held, labels),
+            "filled_oracle_accuracy_no_blend": oracle_accuracy(free, labels),
             "masked_input_oracle_accuracy": oracle_accuracy(batch["masked_image"], labels),
             "real_images_oracle_accuracy": oracle_accuracy(image, labels)}
+
+
+def held_latents(model, image, hole) -> dict:
+    """What ``sample inpaint`` does by default: the known latents (encoded image, mean of the
+    posterior) held at every step outside the hole (a latent cell is free if any of its pixels is)."""
+    import torch
+
+    from ldm.cli.sampling_model import downsample_mask, first_stage_factor
+
+    with torch.no_grad():
+        known = model.encode_to_latent(image, sample=False)
+    return {"known": known, "mask": 1.0 - downsample_mask(hole, first_stage_factor(model))}
 
 
 def main(argv=None) -> dict:
@@ -132,6 +151,7 @@ def main(argv=None) -> dict:
     os.environ.setdefault("WANDB_MODE", "offline")
     import torch
 
+    from ldm.precision import cpu_model
     from ldm.cli.quickstart import AUTOENCODER_CONFIG, _train, autoencoder_psnr, load_autoencoder, pick_threads
 
     threads = pick_threads(args.threads)
@@ -140,7 +160,7 @@ def main(argv=None) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     given = sys.argv[1:] if argv is None else list(argv)
     report: dict = {"command": " ".join(["python -m benchmarks.bench_spatial_quality", *given]),
-                    "threads": threads, "cpu": _cpu_name()}
+                    "threads": threads, "cpu": cpu_model()}
     if args.ae_ckpt:
         ae_ckpt, ae_steps, ae_seconds = Path(args.ae_ckpt), 0, 0.0
         ae_model = load_autoencoder(ae_ckpt)
@@ -167,16 +187,6 @@ def main(argv=None) -> dict:
         (out / "report.json").write_text(json.dumps(report, indent=2))
     print(json.dumps(report, indent=2))
     return report
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown"
 
 
 if __name__ == "__main__":

@@ -7,7 +7,8 @@ Modes::
     txt2img   text-conditional models           --prompt "a red circle" [--prompt ...] | --from-file F
     img2img   any of the above, from an image   --init-img PATH --strength 0.75 [--prompt | --classes]
     inpaint   any of the above, with a mask     --image PATH --mask PATH (white = regenerate); an
-              inpainting model (masked image + mask concatenated) fills the hole itself
+              inpainting model (masked image + mask concatenated) fills the hole itself, with
+              the known latents held at every step as for other models (--no-blend: not held)
     superres  super-resolution models           --input low.png
     mask2img  mask / semantic-map models        --input mask.png
 
@@ -144,6 +145,9 @@ def build_parser() -> argparse.ArgumentParser:
             sub.add_argument("--mask", required=True, help="mask image: white = regenerate, black = keep")
             sub.add_argument("--no-paste", "--no_paste", dest="no_paste", action="store_true",
                              help="do not paste the known pixels back over the decoded result")
+            sub.add_argument("--no-blend", "--no_blend", dest="no_blend", action="store_true",
+                             help="inpainting models: do not hold the known latents during sampling (the "
+                                  "model alone then decides the known region; default: held, as for other models)")
     for mode, text in (("superres", "super-resolution: --input is the low-resolution image"),
                        ("mask2img", "mask-to-image: --input is the mask (white = shape) or a label map")):
         sub = modes.add_parser(mode, help=text, **kw)
@@ -304,8 +308,12 @@ def run(argv: Sequence[str] | None = None) -> SampleResult:
     generator = torch.Generator().manual_seed(args.seed)
     items = [c for c in conditions for _ in range(args.n_samples)]
     init = keep_px = x_start = keep_latent = None
-    if spatial_px:  # an inpainting model: it sees the masked image; the known pixels are pasted back
+    if spatial_px:  # an inpainting model: it sees the masked image; the known latents are held (unless
+        # --no-blend) and the known pixels pasted back
         init, keep_px = spatial_px["init"].to(device), 1.0 - spatial_px["regenerate"].to(device)
+        if not args.no_blend:
+            x_start = encode_images(model, init)
+            keep_latent = 1.0 - downsample_mask(spatial_px["regenerate"].to(device), first_stage_factor(model))
     elif args.mode in ("img2img", "inpaint"):
         init = load_image(args.init_img, height, width, image_channels(model)).to(device)
         x_start = encode_images(model, init)
