@@ -42,6 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--steps", type=int, default=25, help="DDIM steps")
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--reuse", action="append", default=[], metavar="MODE=RUN_DIR",
+                        help="score an already trained run of MODE instead of training one (repeatable)")
     return parser
 
 
@@ -117,15 +119,20 @@ def evaluate(mode: str, model, batch: dict, steps: int, seed: int) -> dict:
     hole = batch["inpaint_mask"]
     inputs = {k: batch[k] for k in ("masked_image", "inpaint_mask")}
     free = _sample(model, inputs, n, steps, seed)
-    held = _sample(model, inputs, n, steps, seed, sample_kwargs=held_latents(model, image, hole))
+    held_inputs = held_latents(model, image, hole)
+    held = _sample(model, inputs, n, steps, seed, sample_kwargs=held_inputs)
     keep = 1.0 - hole
+    # pixels whose whole latent cell is known (a cell the hole touches is regenerated, pixels and all)
+    cells = torch.nn.functional.interpolate(held_inputs["mask"], size=image.shape[-2:], mode="nearest")
     labels = batch["class_label"]
 
-    def known_error(images) -> float:
-        return float(((images - image).abs() * keep).sum() / (keep.sum() * 3))
+    def known_error(images, region) -> float:
+        return float(((images - image).abs() * region).sum() / (region.sum() * 3))
 
-    return {"known_region_mae": known_error(held), "known_region_mae_no_blend": known_error(free),
-            "autoencoder_known_region_mae": known_error(recon),
+    return {"known_region_mae": known_error(held, keep), "known_region_mae_no_blend": known_error(free, keep),
+            "autoencoder_known_region_mae": known_error(recon, keep),
+            "known_cells_mae": known_error(held, cells), "autoencoder_known_cells_mae": known_error(recon, cells),
+            "known_cells_fraction": float(cells.mean()), "known_fraction": float(keep.mean()),
             "filled_oracle_accuracy": oracle_accuracy(held, labels),
             "filled_pasted_oracle_accuracy": oracle_accuracy(keep * image + hole * held, labels),
             "filled_oracle_accuracy_no_blend": oracle_accuracy(free, labels),
@@ -172,16 +179,24 @@ def main(argv=None) -> dict:
                              "train_seconds": ae_seconds, "checkpoint": str(ae_ckpt)}
     print(f"[spatial] autoencoder {report['autoencoder']}", flush=True)
     batch = _validation(args.n)
+    reuse = dict(item.split("=", 1) for item in args.reuse)
     for mode in args.modes.split(","):
-        config = ROOT / "configs" / "demo" / f"ldm_{mode}_kl_f4.yaml"
-        run, _, seconds = _train(config, out / "runs", f"ldm_{mode}", max_steps=100_000, minutes=args.ldm_minutes,
-                                    batch_size=32, seed=args.seed,
-                                    overrides=[f"model.params.first_stage_config.params.ckpt_path={ae_ckpt}",
-                                               "lightning.trainer.limit_val_batches=0",
-                                               "lightning.trainer.enable_progress_bar=false"])
-        model = run.model.cpu().eval()
-        part = evaluate(mode, model, batch, args.steps, args.seed)
-        part.update(train_steps=int(run.trainer.global_step), train_seconds=round(seconds, 1), run=str(run.logdir))
+        if mode in reuse:
+            from ldm.cli.load_model import load_model
+
+            model = load_model(run=reuse[mode], device="cpu").model
+            part = evaluate(mode, model, batch, args.steps, args.seed)
+            part.update(train_steps=None, train_seconds=None, run=reuse[mode])
+        else:
+            config = ROOT / "configs" / "demo" / f"ldm_{mode}_kl_f4.yaml"
+            run, _, seconds = _train(config, out / "runs", f"ldm_{mode}", max_steps=100_000, minutes=args.ldm_minutes,
+                                     batch_size=32, seed=args.seed,
+                                     overrides=[f"model.params.first_stage_config.params.ckpt_path={ae_ckpt}",
+                                                "lightning.trainer.limit_val_batches=0",
+                                                "lightning.trainer.enable_progress_bar=false"])
+            model = run.model.cpu().eval()
+            part = evaluate(mode, model, batch, args.steps, args.seed)
+            part.update(train_steps=int(run.trainer.global_step), train_seconds=round(seconds, 1), run=str(run.logdir))
         report[mode] = part
         print(f"[spatial] {mode}: {part}", flush=True)
         (out / "report.json").write_text(json.dumps(report, indent=2))
