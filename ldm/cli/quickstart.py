@@ -80,6 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--guidance-scale", type=float, default=None, help="classifier-free guidance scale (> 1)")
     parser.add_argument("--threads", type=int, default=0,
                         help="torch CPU threads; 0 = auto (the idle cores: oversubscribing a busy CPU is very slow)")
+    parser.add_argument("--precision", default=None,
+                        help="trainer precision of every stage (32, bf16-mixed, auto; default: the configs' "
+                             "value, 32 - docs/quality.md measures why)")
     parser.add_argument("--ae-ckpt", default=None,
                         help="skip stage 1 and use this quick-start autoencoder checkpoint (e.g. a previous run's "
                              "runs/<ts>_quickstart_autoencoder/checkpoints/last.ckpt)")
@@ -105,6 +108,7 @@ def budget_from_args(args: argparse.Namespace) -> Budget:
                 raise SystemExit(2)
             setattr(budget, name, float(value) if name.endswith("minutes") else type(getattr(budget, name))(value))
     budget.extra_overrides = list(args.overrides)
+    budget.precision = args.precision
     return budget
 
 
@@ -117,12 +121,13 @@ def _max_time(minutes: float) -> str:
 
 
 def _train(config_path: Path, logroot: Path, name: str, *, steps: int, minutes: float | None, batch_size: int,
-           seed: int, label: str, overrides: Sequence[str] = ()):
+           seed: int, label: str, overrides: Sequence[str] = (), precision: str | None = None):
     """One stage through the training CLI: exactly ``steps`` optimizer steps (unless ``minutes`` cuts it)."""
     from ldm.cli.train import main as train_main
 
     argv = ["-b", str(config_path), "-t", "--no-test", "-l", str(logroot), "-n", name, "-s", str(seed),
             "--max_steps", str(steps), *(["--max_time", _max_time(minutes)] if minutes else []),
+            *(["--precision", precision] if precision else []),
             f"data.params.batch_size={batch_size}", f"lightning.callbacks.quickstart_progress.params.label={label}",
             *overrides]
     print(f"[quickstart] python main.py {' '.join(argv)}", flush=True)
@@ -205,7 +210,8 @@ def run(argv: Sequence[str] | None = None) -> dict:
     else:
         ae_run, ae_ckpt, ae_seconds = _train(AUTOENCODER_CONFIG, out / "runs", "quickstart_autoencoder",
                                              steps=budget.ae_steps, minutes=budget.ae_minutes,
-                                             batch_size=budget.ae_batch_size, seed=args.seed, label="autoencoder")
+                                             batch_size=budget.ae_batch_size, seed=args.seed, label="autoencoder",
+                                             precision=budget.precision)
         ae_model, ae_steps, ae_dir = ae_run.model, int(ae_run.trainer.global_step), str(ae_run.logdir)
         precision, ae_rate = str(ae_run.trainer.precision), _rate(ae_run)
         del ae_run
@@ -225,7 +231,7 @@ def run(argv: Sequence[str] | None = None) -> dict:
         steps = budget.steps(kind)
         run_result, ckpt, seconds = _train(
             config, out / "runs", f"quickstart_ldm_{kind}", steps=steps, minutes=budget.ldm_minutes,
-            batch_size=budget.ldm_batch_size, seed=args.seed, label=f"{kind} LDM",
+            batch_size=budget.ldm_batch_size, seed=args.seed, label=f"{kind} LDM", precision=budget.precision,
             overrides=[f"model.params.first_stage_config.params.ckpt_path={ae_ckpt}",
                        *budget.extra_overrides])
         model = run_result.model.cpu().eval()

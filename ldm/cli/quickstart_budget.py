@@ -31,6 +31,7 @@ class Budget:
     fast_steps: int = 10                # DPM-Solver++ (and a DDIM run at the same count)
     guidance_scale: float = 5.0
     extra_overrides: list[str] = field(default_factory=list)
+    precision: str | None = None        # None: the configs' trainer precision
 
     def steps(self, kind: str) -> int:
         """The step budget of stage ``kind`` ("ae", "class" or "text")."""
