@@ -24,7 +24,7 @@ Non-finite losses (``skip_nonfinite``, on by default): the step of a batch whose
 discriminator loss (or gradients) is NaN/Inf is skipped for both optimisers — weights, optimiser
 state, LR schedule, ``gan_step`` and EMA stay as they were — counted (``train/nonfinite_steps``) and
 reported; ``max_nonfinite_steps`` bad steps in a row stop training (the guard of
-:class:`ldm.callbacks.precision.NonFiniteGuard`, shared with DDPM).
+:class:`ldm.models.nonfinite.NonFiniteGuard`, shared with DDPM).
 """
 from __future__ import annotations
 
@@ -83,8 +83,8 @@ class _AdversarialAutoencoder(L.LightningModule):
         self.gan_step = 0  # autoencoder optimisation steps taken (the original global_step)
 
     def _setup_nonfinite_guard(self, skip_nonfinite: bool, max_nonfinite_steps: int) -> None:
-        """The guard DDPM uses (:class:`ldm.callbacks.precision.NonFiniteGuard`), driven by ``training_step``."""
-        from ldm.callbacks.precision import NonFiniteGuard
+        """The guard DDPM uses (:class:`ldm.models.nonfinite.NonFiniteGuard`), driven by ``training_step``."""
+        from ldm.models.nonfinite import NonFiniteGuard
 
         self.nonfinite_guard = NonFiniteGuard(max_nonfinite_steps) if skip_nonfinite else None
 
@@ -185,7 +185,7 @@ class _AdversarialAutoencoder(L.LightningModule):
         step = self.gan_step  # constant within an accumulation window
         guard = self.nonfinite_guard  # a NaN/Inf loss is zeroed here and its step skipped below
         if guard is not None and batch_idx % n_accum == 0:  # state the forward passes change (BN, codebook EMA)
-            from ldm.callbacks.precision import running_stats_snapshot
+            from ldm.models.nonfinite import running_stats_snapshot
 
             self._running_stats = running_stats_snapshot(self)
         x = self.get_input(batch, self.image_key)
@@ -228,7 +228,7 @@ class _AdversarialAutoencoder(L.LightningModule):
         return ae_loss.detach()
 
     def _restore_running_stats(self) -> None:
-        from ldm.callbacks.precision import restore_snapshot
+        from ldm.models.nonfinite import restore_snapshot
 
         restore_snapshot(getattr(self, "_running_stats", []))
 

@@ -29,6 +29,7 @@ import lightning as L
 import torch
 from torch import nn
 
+from ldm.data.contracts import LATENT_MEAN_KEY
 from ldm.diffusion import (DiffusionSchedule, check_parameterization, elbo_mse_weights, q_sample,
                            split_variance_output, training_target)
 from ldm.diffusion.reverse import check_variance_type
@@ -57,7 +58,7 @@ class DDPM(L.LightningModule):
     ``ema_decay``, ``ema_warmup`` (decay ``min(decay, (1+n)/(10+n))``), ``learning_rate``,
     ``optimizer_config``, ``sampler_config`` (defaults for :meth:`sample`).
 
-    Speed and stability (see :mod:`ldm.callbacks.precision` and docs/performance.md):
+    Speed and stability (see :mod:`ldm.models.unet_switches`, :mod:`ldm.models.nonfinite` and docs/performance.md):
     ``channels_last`` (NHWC UNet weights and inputs), ``compile`` (``True`` or a dict of
     ``torch.compile`` options; in-place ``nn.Module.compile()`` on the UNet, so checkpoint keys do not
     change), ``gradient_checkpointing`` (overrides the UNet's ``use_checkpoint`` when not ``None``),
@@ -154,8 +155,9 @@ class DDPM(L.LightningModule):
 
     def _configure_speed(self, channels_last, compile, gradient_checkpointing, skip_nonfinite,
                          max_nonfinite_steps) -> None:
-        """The UNet's speed switches and the non-finite loss guard (:mod:`ldm.callbacks.precision`)."""
-        from ldm.callbacks.precision import NonFiniteGuard, apply_unet_switches
+        """The UNet's speed switches and the non-finite loss guard (:mod:`ldm.models.unet_switches`, :mod:`ldm.models.nonfinite`)."""
+        from ldm.models.nonfinite import NonFiniteGuard
+        from ldm.models.unet_switches import apply_unet_switches
 
         self.channels_last = channels_last
         apply_unet_switches(self.model.diffusion_model, channels_last=channels_last, compile=compile,
@@ -305,7 +307,7 @@ class DDPM(L.LightningModule):
         return self.image_from_batch(batch, k)
 
     def _batch_len(self, batch: Mapping) -> int:
-        for key in (self.first_stage_key, "latent_mean"):  # images, or a latent-cache batch
+        for key in (self.first_stage_key, LATENT_MEAN_KEY):  # images, or a latent-cache batch
             if isinstance(batch.get(key), torch.Tensor):
                 return int(batch[key].shape[0])
         raise KeyError(f"batch has no tensor under {self.first_stage_key!r} (keys: {sorted(batch)}); check first_stage_key")

@@ -25,8 +25,10 @@ from typing import Any, Mapping, Sequence
 import torch
 from torch import nn
 
+from ldm.data.contracts import cached_moments, check_first_stage
 from ldm.models.conditioning import BARE_TENSOR_ENTRY, concat_inputs
 from ldm.models.ddpm import DDPM
+from ldm.samplers import condition_batch_size
 from ldm.util import ConfigError, instantiate_from_config
 
 UNCONDITIONAL = "__is_unconditional__"
@@ -209,8 +211,6 @@ class LatentDiffusion(DDPM):
         """Unscaled latent ``(mean, std)`` of a batch: read from a latent-cache batch (``latent_mean`` /
         ``latent_std``, see :mod:`ldm.data.latent_cache`; no encoder runs), else encoded from
         ``batch[first_stage_key]``."""
-        from ldm.data.latent_cache import cached_moments
-
         moments = cached_moments(batch, n, self.device)
         if moments is not None:
             return moments
@@ -288,9 +288,8 @@ class LatentDiffusion(DDPM):
         return value
 
     def on_train_start(self) -> None:
-        dataset = getattr(self.trainer.train_dataloader, "dataset", None)
-        if callable(getattr(dataset, "verify_first_stage", None)):  # a latent cache must come from this first stage
-            dataset.verify_first_stage(self.first_stage_model)
+        # a latent cache must come from this first stage
+        check_first_stage(getattr(self.trainer.train_dataloader, "dataset", None), self.first_stage_model)
         # a loaded checkpoint that holds a scale_factor (resume, ckpt_path, --init-from) is never re-estimated
         if not self.scale_by_std or self._scale_factor_fitted:
             return
@@ -508,9 +507,7 @@ class LatentDiffusion(DDPM):
     def _prepare_condition(self, cond_or_batch_size, conditioning, negative=None, null_conditioning=None):
         """(batch size, learned condition, null condition) for :meth:`sample`."""
         if conditioning is not None:
-            from ldm.samplers.guidance import _batch_of
-
-            batch_size = _batch_of(conditioning)
+            batch_size = condition_batch_size(conditioning)
             if null_conditioning is None and (negative is not None or self.is_stack
                                               or getattr(self.cond_stage_model, "null_needs_input", False)):
                 raise ValueError("with a learned `conditioning`, pass `null_conditioning` too (this null "

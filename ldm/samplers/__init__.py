@@ -13,6 +13,7 @@ from .denoiser import DiscreteDenoiser, gradient_guided_denoiser
 from .dpm_solver import DPMSolverPlusPlus2MSampler
 from .guidance import (
     classifier_free_guidance,
+    condition_batch_size,
     gradient_guidance,
     rescale_guidance,
     stack_conditions,
@@ -87,6 +88,6 @@ __all__ = [
     "ANCESTRAL", "DiscreteDenoiser", "K_SAMPLERS", "SIGMA_ALIASES", "SIGMA_SAMPLERS", "SIGMA_SCHEDULES",
     "SigmaSampler", "default_eta", "gradient_guided_denoiser", "make_sigmas", "resolve_name",
     "ALIASES", "DDIMSampler", "DDPMSampler", "DPMSolverPlusPlus2MSampler", "PLMSSampler", "SAMPLERS",
-    "SPACINGS", "Sampler", "classifier_free_guidance", "ddim_update", "get_sampler", "gradient_guidance",
+    "SPACINGS", "Sampler", "classifier_free_guidance", "condition_batch_size", "ddim_update", "get_sampler", "gradient_guidance",
     "make_timesteps", "randn", "rescale_guidance", "stack_conditions",
 ]
