@@ -51,9 +51,25 @@ def resolve_name(name: str, sigmas: str | None = None) -> str:
     return key
 
 
+#: the samplers that take an ``eta``, decided here only: DDIM and PLMS (DDIM Eq. 16's sigma_t scale,
+#: default 0) and the ancestral / SDE sigma-space samplers (default 1). ``ddpm`` is the eta = 1
+#: member of the DDIM family and takes no other; the rest are deterministic (eta must be 0).
+ETA_SAMPLERS = ("ddim", "plms", *ANCESTRAL)
+
+
+def takes_eta(name: str, sigmas: str | None = None) -> bool:
+    """Whether the sampler ``name`` (with ``sigmas``, see :func:`resolve_name`) has an ``eta`` option."""
+    return resolve_name(name, sigmas) in ETA_SAMPLERS
+
+
 def default_eta(name: str, sigmas: str | None = None) -> float:
     """0 for the deterministic samplers, 1 for the ancestral / SDE sigma-space ones."""
     return 1.0 if resolve_name(name, sigmas) in ANCESTRAL else 0.0
+
+
+def sampler_names() -> list[str]:
+    """Every sampler name :func:`get_sampler` accepts (canonical names, then aliases)."""
+    return sorted(SAMPLERS) + sorted(SIGMA_SAMPLERS) + sorted(ALIASES) + sorted(SIGMA_ALIASES)
 
 
 def get_sampler(name: str, schedule, parameterization: str = "eps", **options):
@@ -86,7 +102,7 @@ def get_sampler(name: str, schedule, parameterization: str = "eps", **options):
 
 __all__ = [
     "ANCESTRAL", "DiscreteDenoiser", "K_SAMPLERS", "SIGMA_ALIASES", "SIGMA_SAMPLERS", "SIGMA_SCHEDULES",
-    "SigmaSampler", "default_eta", "gradient_guided_denoiser", "make_sigmas", "resolve_name",
+    "ETA_SAMPLERS", "SigmaSampler", "default_eta", "sampler_names", "takes_eta", "gradient_guided_denoiser", "make_sigmas", "resolve_name",
     "ALIASES", "DDIMSampler", "DDPMSampler", "DPMSolverPlusPlus2MSampler", "PLMSSampler", "SAMPLERS",
     "SPACINGS", "Sampler", "classifier_free_guidance", "condition_batch_size", "ddim_update", "get_sampler", "gradient_guidance",
     "make_timesteps", "randn", "rescale_guidance", "stack_conditions",

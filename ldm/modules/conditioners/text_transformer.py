@@ -198,6 +198,11 @@ class BERTEmbedder(TransformerEmbedder):
             raise ValueError(f"tokenizer must be 'auto', 'bert' or 'open_clip', got {tokenizer!r}")
         self.tokenizer_name = tokenizer
         self._tokenizer = None
+
+    @property
+    def input_kind(self) -> str:
+        """Captions with the tokenizer, token ids (``other``) without."""
+        return "text" if self.use_tknz_fn else "other"
         if use_tokenizer and tokenizer == "open_clip":
             self._tokenizer = self._load_tokenizer()  # offline: check the vocabulary right away
 
