@@ -71,7 +71,7 @@ def _label_map(path: str, height: int, width: int, channels: int) -> torch.Tenso
 
 def spatial_condition(args, model) -> tuple[dict, tuple[int, int], dict]:
     """(raw inputs for one sample ``{key: 1×C×h×w}``, pixel size, pixels for paste-back) of a
-    spatial mode; the raw inputs become the batch handed to ``model.conditions_for_sampling``."""
+    spatial mode; the raw inputs become the batch handed to ``model.sampling_conditions``."""
     from ldm.cli.sampling_io import image_size, load_image, load_mask
     from ldm.cli.sampling_model import latent_shape, round_to_multiple, trained_pixel_size
 

@@ -100,13 +100,15 @@ class DDPM(DiffusionCheckpoint, DiffusionSampling, EmaScope, L.LightningModule):
             raise ValueError(f"v_posterior must be in [0, 1], got {v_posterior}")
         print(f"{type(self).__name__}: running in {self.parameterization}-prediction mode")
         self.cond_stage_model = None
-        self.loss_type = loss_type
-        self.clip_denoised = clip_denoised
-        self.log_every_t = log_every_t
-        self.first_stage_key = first_stage_key
-        self.image_size = image_size
-        self.channels = channels
-        self.use_positional_encodings = use_positional_encodings
+        # plain settings, kept under their parameter names (the original's attributes)
+        for name, value in dict(loss_type=loss_type, clip_denoised=clip_denoised, log_every_t=log_every_t,
+                                first_stage_key=first_stage_key, image_size=image_size, channels=channels,
+                                use_positional_encodings=use_positional_encodings, v_posterior=v_posterior,
+                                original_elbo_weight=original_elbo_weight, l_simple_weight=l_simple_weight,
+                                hybrid_vlb_weight=hybrid_vlb_weight, min_snr_gamma=min_snr_gamma,
+                                offset_noise_strength=offset_noise_strength, zero_terminal_snr=zero_terminal_snr,
+                                monitor=monitor).items():
+            setattr(self, name, value)
         self.conditioning_key = check_conditioning_key(conditioning_key)
         self.model = DiffusionWrapper(unet_config, conditioning_key)
         self._check_learned_variance_channels()
@@ -121,14 +123,6 @@ class DDPM(DiffusionCheckpoint, DiffusionSampling, EmaScope, L.LightningModule):
         self.sampler_config = dict(sampler_config or {})
         if learning_rate is not None:
             self.learning_rate = float(learning_rate)
-        self.v_posterior = v_posterior
-        self.original_elbo_weight = original_elbo_weight
-        self.l_simple_weight = l_simple_weight
-        self.hybrid_vlb_weight = hybrid_vlb_weight
-        self.min_snr_gamma = min_snr_gamma
-        self.offset_noise_strength = offset_noise_strength
-        self.zero_terminal_snr = zero_terminal_snr
-        self.monitor = monitor
         self.register_schedule(given_betas=given_betas, beta_schedule=beta_schedule, timesteps=timesteps,
                                linear_start=linear_start, linear_end=linear_end, cosine_s=cosine_s)
         self.learn_logvar = learn_logvar
