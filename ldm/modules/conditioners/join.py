@@ -6,7 +6,6 @@ from collections.abc import Sequence
 
 import torch
 
-
 #: the axis each slot's parts are joined on (sgm's GeneralConditioner: crossattn / vector on the
 #: feature axis, concat on the channel axis)
 JOIN_DIM = {"concat": 1, "crossattn": 2, "vector": 1}
