@@ -18,6 +18,8 @@ Rules (``RULES`` below: a unit may import only the units listed for it):
 * nothing outside ``ldm.cli`` imports ``ldm.cli`` (``main.py`` does), except the units in
   ``CLI_IMPORT_EXCEPTIONS`` (command drivers that still reuse the CLI's model loader);
 * no private name (``_name``) is imported from another unit (``PRIVATE_IMPORT_EXCEPTIONS`` aside).
+
+Also here: no file of ``ldm/models`` is over 400 lines (files of one idea each).
 """
 from __future__ import annotations
 
@@ -133,3 +135,9 @@ def test_the_checker_sees_a_violation(tmp_path):
         ROOT = saved
     assert found == [("ldm.models", ["ddpm"], 2), ("ldm.cli.sample", ["_p"], 3)]
     assert unit_of("ldm.models.ddpm") == "ldm.models" and unit_of("ldm.data.contracts") == CONTRACTS
+
+
+def test_model_files_are_small():
+    """ldm/models holds files of one idea each (the issue's bound: about 400 lines)."""
+    sizes = {path.name: len(path.read_text().splitlines()) for path in (ROOT / "models").glob("*.py")}
+    assert max(sizes.values()) <= 400, sorted(sizes.items(), key=lambda kv: -kv[1])[:3]

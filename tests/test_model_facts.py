@@ -44,7 +44,10 @@ def test_latent_model_states_its_sizes_from_the_first_stage():
 
 def test_condition_kind_comes_from_the_conditioner():
     assert model().condition_kind() == "none"
-    assert model(cond=class_embedder(), conditioning_key="crossattn").condition_kind() == "class"
+    labelled = model(cond=class_embedder(), conditioning_key="crossattn")
+    assert labelled.condition_kind() == "class"
+    assert labelled.class_labels() == list(range(12))  # 12 classes + the added null row (index 12)
+    assert model().class_labels() == [] and pixel_ddpm().class_labels() == []
     bert = {"target": "ldm.modules.conditioners.BERTEmbedder",
             "params": dict(n_embed=16, n_layer=1, use_tokenizer=False, max_seq_len=8)}
     assert model(cond=bert, conditioning_key="crossattn", cond_stage_key="caption").condition_kind() == "other"

@@ -42,11 +42,7 @@ def describe(model) -> str:
 
 def valid_classes(model) -> list[int]:
     """The class indices a user may ask for: every embedding row except the null class."""
-    embedder = model.cond_stage_model
-    null = getattr(embedder, "null_class_index", None)
-    embedding = getattr(embedder, "embedding", None)
-    rows = int(embedding.num_embeddings) if embedding is not None else int(embedder.n_classes)
-    return [i for i in range(rows) if i != null]
+    return model.class_labels()
 
 
 def check_classes(model, classes: Sequence[int]) -> list[int]:

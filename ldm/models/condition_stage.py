@@ -251,6 +251,17 @@ class ConditionStage:
             return "class"  # a class embedder that does not state it
         return "text" if str(self.cond_stage_key).lower() in TEXT_KEYS else "other"
 
+    def class_labels(self) -> list[int]:
+        """The class indices a caller may ask for: every embedding row but the null class (``[]`` unless
+        :meth:`condition_kind` is ``class``)."""
+        if self.condition_kind() != "class":
+            return []
+        embedder = self.cond_stage_model
+        null = getattr(embedder, "null_class_index", None)
+        embedding = getattr(embedder, "embedding", None)
+        rows = int(embedding.num_embeddings) if embedding is not None else int(embedder.n_classes)
+        return [i for i in range(rows) if i != null]
+
     def text_input_key(self) -> str | None:
         """The batch key of a conditioner stack's caption entry (a hybrid model's cross-attention text), else None."""
         if not self.is_stack:

@@ -81,6 +81,10 @@ class DiffusionSampling:
         """``none``: a pixel-space DDPM is unconditional (LatentDiffusion: see its conditioning stage)."""
         return "none"
 
+    def class_labels(self) -> list[int]:
+        """The class indices a caller may ask for: none (an unconditional model)."""
+        return []
+
     def text_input_key(self) -> str | None:
         """The batch key of a caption input besides spatial inputs (a hybrid model's), else None."""
         return None

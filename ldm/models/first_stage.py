@@ -85,7 +85,7 @@ class FirstStage:
     @torch.no_grad()
     def batch_latent_moments(self, batch: Mapping, n: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Unscaled latent ``(mean, std)`` of a batch: read from a latent-cache batch (``latent_mean`` /
-        ``latent_std``, see :mod:`ldm.data.latent_cache`; no encoder runs), else encoded from
+        ``latent_std``, the contract of :mod:`ldm.data.contracts`; no encoder runs), else encoded from
         ``batch[first_stage_key]``."""
         moments = cached_moments(batch, n, self.device)
         if moments is not None:
