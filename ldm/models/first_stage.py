@@ -1,11 +1,14 @@
 """The frozen first stage of a latent diffusion model (LDM Sec. 3.1-3.2): images to scaled latents
 ``z = scale_factor * E(x)`` and back, latents read from a latent batch (:mod:`ldm.data.contracts`),
-and ``scale_by_std`` (LDM Sec. G: ``scale_factor = 1 / std(z)``).
+and ``scale_by_std`` (LDM Sec. G: rescale the latent to unit standard deviation,
+``scale_factor = 1 / std(z)``, estimated at the start of training from ``scale_by_std_batches``
+batches summed over all ranks; a buffer, saved with the model and never re-estimated once loaded).
 
 First stage: any module with ``latent_moments(x) -> (mean, std)`` and ``decode_latent(z)`` (KL, VQ
 interface, identity); a latent is ``mean + std * eps``. One that states ``downsampling_factor`` and
-``image_channels`` (the autoencoders and :class:`~ldm.models.autoencoder.IdentityFirstStage` do) tells the
-model its sizes; for any other one :attr:`FirstStage.first_stage_factor` is measured by decoding.
+``image_channels`` (the autoencoders do; :class:`~ldm.models.autoencoder.IdentityFirstStage` states f = 1)
+tells the model its sizes; for any other one :attr:`FirstStage.first_stage_factor` is measured by decoding
+and the image channels are the latent's.
 """
 from __future__ import annotations
 

@@ -46,7 +46,7 @@ def sampling_request(cond_or_batch_size: Any, batch_size: int | None, inputs: An
         return batch_size, inputs
     if batch_size is not None or inputs is not None:
         raise ValueError("pass what to sample either positionally or as batch_size= / inputs=, not both")
-    if isinstance(cond_or_batch_size, int) and not isinstance(cond_or_batch_size, bool):
+    if isinstance(cond_or_batch_size, int):
         return cond_or_batch_size, None
     return None, cond_or_batch_size
 
