@@ -15,6 +15,7 @@ Rules (``RULES`` below: a unit may import only the units listed for it):
   a callback or the CLI: what a model needs from those goes through ``ldm.data.contracts``;
 * ``ldm.data.contracts`` — nothing;
 * ``ldm.data``       — ``data.contracts``, ``util``, and Lightning (never the models);
+* ``ldm.callbacks``  — ``checkpoint``, ``util``, and Lightning (they drive a model through Lightning's hooks);
 * nothing outside ``ldm.cli`` imports ``ldm.cli`` (``main.py`` does), except the units in
   ``CLI_IMPORT_EXCEPTIONS`` (command drivers that still reuse the CLI's model loader);
 * no private name (``_name``) is imported from another unit (``PRIVATE_IMPORT_EXCEPTIONS`` aside).
@@ -38,6 +39,7 @@ RULES = {
                    "ldm.checkpoint", "ldm.lora", "ldm.distributed", LIGHTNING},
     CONTRACTS: set(),
     "ldm.data": {CONTRACTS, "ldm.util", LIGHTNING},
+    "ldm.callbacks": {"ldm.checkpoint", "ldm.util", LIGHTNING},
 }
 #: ``unit -> reason``: units outside the CLI that import it today (to be moved to a loader outside the CLI)
 CLI_IMPORT_EXCEPTIONS = {
