@@ -7,7 +7,7 @@ import torch
 from omegaconf import OmegaConf
 from torch.utils.data import DataLoader, Dataset
 
-from ldm.callbacks.precision import NonFiniteGuard, NonFiniteLossError
+from ldm.models.nonfinite import NonFiniteGuard, NonFiniteLossError
 from ldm.data.shapes import ShapesTrain
 from ldm.models.ddpm import DDPM
 from ldm.modules.unet_blocks import ResBlock

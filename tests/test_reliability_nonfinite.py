@@ -12,7 +12,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from ldm.callbacks.precision import NonFiniteLossError
+from ldm.models.nonfinite import NonFiniteLossError
 from ldm.models.autoencoder import AutoencoderKL, VQModel
 from test_autoencoder_training import Blobs, loss_config, tiny_ddconfig, trainer
 

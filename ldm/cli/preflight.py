@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ldm.data.contracts import check_first_stage
 from ldm.util import ConfigError
 
 
@@ -34,8 +35,7 @@ def preflight(model: Any, datamodule: Any, trainer_kwargs: dict, *, has_validati
     if has_validation:
         _dataset(datamodule, "validation")
     first_stage = getattr(model, "first_stage_model", None)
-    if train is not None and first_stage is not None and callable(getattr(train, "verify_first_stage", None)):
-        train.verify_first_stage(first_stage)
+    check_first_stage(train, first_stage)
     interval = trainer_kwargs.get("val_check_interval")
     if interval is not None and training:
         if not has_validation:

@@ -34,41 +34,10 @@ class ConcatInput:
     per_latent: float  # input pixels per latent cell along a side
 
 
-def _describe_module(module, model) -> tuple[int, float]:
-    from ldm.cli.sampling_model import first_stage_factor
-    from ldm.modules.conditioners import SpatialRescaler
-    from ldm.modules.conditioners.stack import FirstStageSlot
-
-    if isinstance(module, SpatialRescaler):
-        return module.in_channels, 1.0 / (module.multiplier ** module.n_stages)
-    if isinstance(module, FirstStageSlot) or module is getattr(model, "first_stage_model", None):
-        from ldm.cli.sampling_model import image_channels
-
-        return image_channels(model), float(first_stage_factor(model))
-    return 3, 1.0  # an identity: the input has the latent's size (bsr_sr's LR_image)
-
-
 def concat_inputs(model) -> list[ConcatInput]:
-    """The model's concat inputs (empty for models without spatial conditioning)."""
-    if callable(getattr(model, "sampling_concat_inputs", None)):  # a model that states its inputs (SD 2)
-        return [ConcatInput(*entry) for entry in model.sampling_concat_inputs()]
-    cond = getattr(model, "cond_stage_model", None)
-    if cond is None:
-        return []
-    found: list[ConcatInput] = []
-    if getattr(model, "is_stack", False):
-        for module, key, slot in zip(cond.embedders, cond.input_keys, cond.output_keys):
-            if slot == "concat":
-                found.append(ConcatInput(key, *_describe_module(module, model)))
-    elif model.conditioning_key in ("concat", "hybrid") and (
-            getattr(cond, "output_key", "concat") == "concat" or getattr(model, "cond_is_first_stage", False)):
-        found.append(ConcatInput(model.cond_stage_key, *_describe_module(cond, model)))
-    mask_key = getattr(model, "concat_mask_key", None)
-    if mask_key is not None:
-        from ldm.cli.sampling_model import first_stage_factor
-
-        found.append(ConcatInput(mask_key, 1, float(first_stage_factor(model))))
-    return found
+    """The model's concat inputs, as it states them (``model.spatial_inputs()``; empty for models
+    without spatial conditioning)."""
+    return [ConcatInput(*entry) for entry in model.spatial_inputs()]
 
 
 def has_concat_inputs(model) -> bool:
@@ -102,12 +71,12 @@ def _label_map(path: str, height: int, width: int, channels: int) -> torch.Tenso
 
 def spatial_condition(args, model) -> tuple[dict, tuple[int, int], dict]:
     """(raw inputs for one sample ``{key: 1×C×h×w}``, pixel size, pixels for paste-back) of a
-    spatial mode; the raw inputs become the batch handed to ``model.conditions_for_sampling``."""
+    spatial mode; the raw inputs become the batch handed to ``model.sampling_conditions``."""
     from ldm.cli.sampling_io import image_size, load_image, load_mask
-    from ldm.cli.sampling_model import first_stage_factor, latent_shape, round_to_multiple, trained_pixel_size
+    from ldm.cli.sampling_model import latent_shape, round_to_multiple, trained_pixel_size
 
     inputs = concat_inputs(model)
-    f = first_stage_factor(model)
+    f = model.first_stage_factor
     if args.mode == "superres":
         entry = _single(inputs, "superres", lambda i: i.channels == 3, "3-channel (low-res image)")
         h, w = image_size(args.input, "--input")
@@ -149,29 +118,18 @@ def spatial_condition(args, model) -> tuple[dict, tuple[int, int], dict]:
 
 
 def repeat_inputs(raw: dict, n: int, device, extra: dict | None = None, model=None) -> dict:
-    """The one-sample raw inputs repeated to ``n`` rows on ``device`` (+ ``extra`` entries, e.g. captions)."""
+    """The one-sample raw inputs repeated to ``n`` rows on ``device`` (+ the further entries the model
+    needs, + ``extra`` entries, e.g. captions)."""
     out = {k: v.to(device).expand(n, *v.shape[1:]) for k, v in raw.items()}
-    if callable(getattr(model, "sampling_extra_inputs", None)):
-        out.update(model.sampling_extra_inputs(n))
+    if model is not None:
+        out.update(model.extra_sampling_inputs(n))
     out.update(extra or {})
     return out
 
 
 def text_input_key(model) -> str | None:
-    """The input key of a conditioner stack's text entry (a hybrid model's caption), else None."""
-    if callable(getattr(model, "sampling_text_key", None)):
-        return model.sampling_text_key()
-    if not getattr(model, "is_stack", False):
-        return None
-    from ldm.cli.sampling_model import TEXT_KEYS
-    from ldm.modules.conditioners import BERTEmbedder, FrozenCLIPEmbedder, FrozenOpenCLIPEmbedder
-
-    stack = model.cond_stage_model
-    for module, key in zip(stack.embedders, stack.input_keys):
-        if isinstance(module, (FrozenCLIPEmbedder, FrozenOpenCLIPEmbedder)) or key.lower() in TEXT_KEYS or (
-                isinstance(module, BERTEmbedder) and module.use_tknz_fn):
-            return key
-    return None
+    """The input key of the caption entry of a model with spatial inputs (a hybrid model), else None."""
+    return model.text_input_key()
 
 
 def text_inputs(model, captions) -> dict:

@@ -1,15 +1,18 @@
 """One batch of samples from a loaded model: sampler choice, guidance, img2img and inpainting.
 
-The model supplies the denoiser (``model.denoiser()``), the schedule, the parameterisation and
-its sampler defaults (``sampler_config`` in the YAML, ``sampler_defaults()``); everything else is
-:mod:`ldm.samplers`, which knows nothing of Lightning:
+The drawing itself is the model's one sampling path (``model.sample``, see
+:mod:`ldm.models.diffusion_sampling`), which the Python API and the image logger use too: the
+command builds the sampler once (``model.build_sampler``, from the flags over the YAML
+``sampler_config``) and hands it to every batch, with
 
-- text / class conditions with ``scale != 1`` go through
-  :func:`~ldm.samplers.classifier_free_guidance` (conditional and null condition in one forward);
+- text / class conditions and ``scale != 1``: classifier-free guidance
+  (:func:`~ldm.samplers.classifier_free_guidance`, conditional and null condition in one forward);
 - image-to-image (SDEdit-style): the encoded image is noised to the level of ``strength`` and
   denoised from there (``Sampler.sample(x_start=..., strength=...)``);
 - inpainting: after every step the known region is replaced by the encoded image noised to the
   current level (``Sampler.sample(mask=keep, known=...)``, mask 1 = keep).
+
+This module turns the model's errors into the command's (``SampleError`` naming the flags).
 """
 from __future__ import annotations
 
@@ -45,44 +48,42 @@ def build_sampler(model, settings: SamplerSettings, progress: bool = False, sigm
                           f"{err}") from err
 
 
-def guided_denoiser(model, null_cond: Any, scale: float, rescale: float = 0.0):
-    """The model's denoiser, wrapped in classifier-free guidance when ``scale != 1``."""
-    try:
-        return model.guided_denoiser(null_cond, scale, rescale)
-    except ValueError as err:
-        raise SampleError(f"--scale {scale}: {err}; use --scale 1") from err
-
-
 @torch.no_grad()
 def draw_batch(model, sampler, *, raw_condition: Any = None, batch_size: int, scale: float = 1.0,
                rescale: float = 0.0, x_T: torch.Tensor | None = None, shape=None,
                x_start: torch.Tensor | None = None, strength: float = 1.0,
                keep_mask: torch.Tensor | None = None, generator: torch.Generator | None = None,
                negative: Any = None) -> torch.Tensor:
-    """Images in [-1, 1] for one batch. ``raw_condition``: labels (LongTensor), captions (list of
-    str) or a dict of inputs (spatial conditions: ``{key: B×C×h×w}``) for conditional models, None
-    otherwise. ``negative``: raw negative conditions (e.g. captions) that replace the null condition
-    in classifier-free guidance. ``x_start``/``keep_mask`` are in model space."""
+    """Images in [-1, 1] for one batch (the EMA scope is the caller's): the steps of ``model.sample``
+    (``sampling_conditions``, ``run_sampler``, ``decode_samples``) with the command's error messages.
+    ``raw_condition``: labels (LongTensor), captions (list of str) or a dict of inputs (spatial
+    conditions: ``{key: B×C×h×w}``) for conditional models, None otherwise. ``negative``: raw negative
+    conditions (e.g. captions) that replace the null condition in classifier-free guidance.
+    ``shape``: ``(B, C, h, w)``; ``x_start``/``keep_mask`` are in model space."""
+    from ldm.models.diffusion_sampling import GuidanceError
+
     cond = null = None
     if raw_condition is not None:
         try:
-            _, cond, null = model.conditions_for_sampling(raw_condition, negative=negative)
+            _, cond, null = model.sampling_conditions(inputs=raw_condition, negative=negative)
         except (ValueError, KeyError, TypeError) as err:
             raise SampleError(f"cannot build the condition: {err}") from err
         null = null if scale != 1.0 else None
-    denoise = guided_denoiser(model, null, scale, rescale)
-    device = model.device
-    kwargs: dict[str, Any] = {"cond": cond, "generator": generator, "device": device, "dtype": torch.float32}
     if keep_mask is not None:
         if x_start is None:
             raise SampleError("inpainting needs the encoded image")
-        kwargs.update(shape=tuple(x_start.shape), known=x_start, mask=keep_mask, x_T=x_T)
+        sample_kwargs = {"known": x_start, "mask": keep_mask}
+        shape = tuple(x_start.shape)
     elif x_start is not None:
-        kwargs.update(x_start=x_start, strength=strength)
+        sample_kwargs = {"x_start": x_start, "strength": strength}
     else:
-        kwargs.update(shape=shape, x_T=x_T)
+        sample_kwargs = {}
     try:
-        z = sampler.sample(denoise, **kwargs)
+        z = model.run_sampler(batch_size, cond, null, sampler=sampler, guidance_scale=scale, guidance_rescale=rescale,
+                              shape=None if shape is None else tuple(shape)[1:], x_T=x_T, generator=generator,
+                              sample_kwargs=sample_kwargs)
+    except GuidanceError as err:
+        raise SampleError(f"--scale {scale}: {err}; use --scale 1") from err
     except ValueError as err:
         raise SampleError(str(err)) from err
     return model.decode_samples(z)

@@ -46,13 +46,15 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
+from ldm.data.contracts import LATENT_MEAN_KEY, LATENT_STD_KEY, cached_moments
+
 FORMAT_NAME = "ldm-latent-cache"
 FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
 SHARD_PATTERN = "latents-{:06d}.safetensors"
 
-MEAN_KEY = "latent_mean"
-STD_KEY = "latent_std"
+MEAN_KEY = LATENT_MEAN_KEY  # the batch keys are the declared contract of ldm.data.contracts
+STD_KEY = LATENT_STD_KEY
 COND_PREFIX = "cond."
 FLIP_MODES = ("off", "both")
 # keys a first stage's state dict may hold that never affect encoding (the training loss: LPIPS, discriminator)
@@ -500,18 +502,7 @@ class LatentCacheDataset(Dataset):
 # ----------------------------------------------------------------------------------------------
 # consuming
 # ----------------------------------------------------------------------------------------------
-def has_cached_latents(batch: Mapping) -> bool:
-    """Whether a batch carries cached latent moments instead of images."""
-    return isinstance(batch, Mapping) and MEAN_KEY in batch
-
-
-def cached_moments(batch: Mapping, n: int | None = None, device: str | torch.device | None = None):
-    """``(mean, std)`` float tensors from a cached batch (first ``n`` rows), or None for an image batch."""
-    if not has_cached_latents(batch):
-        return None
-    mean = batch[MEAN_KEY][:n].float()
-    std = batch[STD_KEY][:n].float() if STD_KEY in batch else torch.zeros_like(mean)
-    return (mean, std) if device is None else (mean.to(device), std.to(device))
+# has_cached_latents / cached_moments: the contract of a latent batch (ldm.data.contracts)
 
 
 def sample_cached_latent(batch: Mapping, n: int | None = None, device: str | torch.device | None = None,

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from ldm.data.shapes import SPLIT_IDS, ShapesDataset
-from ldm.models.conditioning import masked_image
+from ldm.data.contracts import masked_image
 
 
 def box_mask(rng: np.random.Generator, silhouette: np.ndarray, hole_min: float, hole_max: float) -> np.ndarray:

@@ -16,7 +16,13 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import nn
 
+from ldm.data.contracts import masked_image
+from ldm.modules.conditioners.join import JOIN_DIM, concat_inputs, join_slot
 from ldm.util import instantiate_from_config
+
+__all__ = ["BARE_TENSOR_ENTRY", "CONDITIONING_KEYS", "COND_KEY_ALIASES", "DiffusionWrapper", "JOIN_DIM",
+           "REQUIRED_ENTRIES", "as_condition_dict", "check_conditioning_key", "concat_inputs", "join_slot",
+           "masked_image"]
 
 CONDITIONING_KEYS = (None, "concat", "crossattn", "hybrid", "adm", "hybrid-adm")
 COND_KEY_ALIASES = {
@@ -109,48 +115,3 @@ class DiffusionWrapper(nn.Module):
                                  "in batch size and spatial size")
             x = torch.cat([x, concat], dim=1)
         return self.diffusion_model(x, t, context=cond.get("crossattn"), y=cond.get("vector"))
-
-
-#: the axis each slot's parts are joined on (sgm's GeneralConditioner: crossattn / vector on the
-#: feature axis, concat on the channel axis)
-JOIN_DIM = {"concat": 1, "crossattn": 2, "vector": 1}
-
-
-def concat_inputs(parts: Sequence[torch.Tensor], size: Sequence[int] | None = None,
-                  mode: str = "nearest") -> torch.Tensor:
-    """Spatial conditions for ``concat`` conditioning (LDM Sec. 3.3 / 4.4-4.5): each ``[B, C_i, h_i, w_i]``
-    part resized to ``size`` (default: the first part's) with ``mode`` and joined on the channel
-    axis in the given order, e.g. ``[E(masked image), mask]`` (LDM inpainting) or
-    ``[mask, E(masked image)]`` (SD 2 inpainting)."""
-    parts = [p for p in parts if p is not None]
-    if not parts:
-        raise ValueError("concat_inputs needs at least one tensor")
-    size = tuple(size) if size is not None else tuple(parts[0].shape[-2:])
-    out = []
-    for part in parts:
-        if part.ndim != 4:
-            raise ValueError(f"a concat condition must be [B, C, h, w], got shape {tuple(part.shape)}")
-        if tuple(part.shape[-2:]) != size:
-            part = torch.nn.functional.interpolate(part.float(), size=size, mode=mode).to(part.dtype)
-        out.append(part)
-    if len({p.shape[0] for p in out}) != 1:
-        raise ValueError(f"concat conditions differ in batch size: {[tuple(p.shape) for p in out]}")
-    return torch.cat(out, dim=1)
-
-
-def join_slot(parts: Sequence[torch.Tensor], slot: str) -> torch.Tensor:
-    """Several conditioners' outputs for one slot as one tensor (see :data:`JOIN_DIM`)."""
-    if len(parts) == 1:
-        return parts[0]
-    if slot == "concat":
-        return concat_inputs(parts)
-    try:
-        return torch.cat(list(parts), dim=JOIN_DIM[slot])
-    except RuntimeError as err:
-        raise ValueError(f"cannot join the {slot!r} conditions {[tuple(p.shape) for p in parts]}: {err}") from err
-
-
-def masked_image(image: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """The inpainting model's input image: ``image * (1 - mask)`` with ``mask`` 1 on the region to
-    fill (the fill becomes 0, mid-grey in [-1, 1]; LDM Sec. 4.5 / the original inpainting script)."""
-    return image * (1.0 - mask.to(image.dtype))

@@ -22,20 +22,22 @@ from __future__ import annotations
 
 import dataclasses
 import warnings
-from contextlib import contextmanager
 from typing import Any, Mapping, Sequence
 
 import lightning as L
 import torch
 from torch import nn
 
+from ldm.data.contracts import LATENT_MEAN_KEY
 from ldm.diffusion import (DiffusionSchedule, check_parameterization, elbo_mse_weights, q_sample,
                            split_variance_output, training_target)
 from ldm.diffusion.reverse import check_variance_type
 from ldm.models.conditioning import DiffusionWrapper, as_condition_dict, check_conditioning_key
 from ldm.models.diffusion_loss import (LOSS_TYPES, elementwise_loss, hybrid_vlb_term, min_snr_weight, offset_noise,
                                        per_sample_mean, snr_at)
-from ldm.models.diffusion_state_dict import ema_shadow_names, prepare_state_dict
+from ldm.models.diffusion_sampling import DiffusionSampling
+from ldm.models.diffusion_state_dict import DiffusionCheckpoint
+from ldm.models.ema import EmaScope
 from ldm.optim import build_lr_scheduler, build_optimizer
 
 __all__ = ["DDPM", "DiffusionWrapper"]
@@ -47,7 +49,7 @@ SCHEDULE_BUFFERS = ("betas", "alphas_cumprod", "alphas_cumprod_prev", "sqrt_alph
                     "posterior_mean_coef1", "posterior_mean_coef2")
 
 
-class DDPM(L.LightningModule):
+class DDPM(DiffusionCheckpoint, DiffusionSampling, EmaScope, L.LightningModule):
     """Pixel-space DDPM. Original constructor parameters keep their names and meaning; ours follow
     ``logvar_init``.
 
@@ -57,7 +59,7 @@ class DDPM(L.LightningModule):
     ``ema_decay``, ``ema_warmup`` (decay ``min(decay, (1+n)/(10+n))``), ``learning_rate``,
     ``optimizer_config``, ``sampler_config`` (defaults for :meth:`sample`).
 
-    Speed and stability (see :mod:`ldm.callbacks.precision` and docs/performance.md):
+    Speed and stability (see :mod:`ldm.models.unet_switches`, :mod:`ldm.models.nonfinite` and docs/performance.md):
     ``channels_last`` (NHWC UNet weights and inputs), ``compile`` (``True`` or a dict of
     ``torch.compile`` options; in-place ``nn.Module.compile()`` on the UNet, so checkpoint keys do not
     change), ``gradient_checkpointing`` (overrides the UNet's ``use_checkpoint`` when not ``None``),
@@ -98,13 +100,15 @@ class DDPM(L.LightningModule):
             raise ValueError(f"v_posterior must be in [0, 1], got {v_posterior}")
         print(f"{type(self).__name__}: running in {self.parameterization}-prediction mode")
         self.cond_stage_model = None
-        self.loss_type = loss_type
-        self.clip_denoised = clip_denoised
-        self.log_every_t = log_every_t
-        self.first_stage_key = first_stage_key
-        self.image_size = image_size
-        self.channels = channels
-        self.use_positional_encodings = use_positional_encodings
+        # plain settings, kept under their parameter names (the original's attributes)
+        for name, value in dict(loss_type=loss_type, clip_denoised=clip_denoised, log_every_t=log_every_t,
+                                first_stage_key=first_stage_key, image_size=image_size, channels=channels,
+                                use_positional_encodings=use_positional_encodings, v_posterior=v_posterior,
+                                original_elbo_weight=original_elbo_weight, l_simple_weight=l_simple_weight,
+                                hybrid_vlb_weight=hybrid_vlb_weight, min_snr_gamma=min_snr_gamma,
+                                offset_noise_strength=offset_noise_strength, zero_terminal_snr=zero_terminal_snr,
+                                monitor=monitor).items():
+            setattr(self, name, value)
         self.conditioning_key = check_conditioning_key(conditioning_key)
         self.model = DiffusionWrapper(unet_config, conditioning_key)
         self._check_learned_variance_channels()
@@ -119,14 +123,6 @@ class DDPM(L.LightningModule):
         self.sampler_config = dict(sampler_config or {})
         if learning_rate is not None:
             self.learning_rate = float(learning_rate)
-        self.v_posterior = v_posterior
-        self.original_elbo_weight = original_elbo_weight
-        self.l_simple_weight = l_simple_weight
-        self.hybrid_vlb_weight = hybrid_vlb_weight
-        self.min_snr_gamma = min_snr_gamma
-        self.offset_noise_strength = offset_noise_strength
-        self.zero_terminal_snr = zero_terminal_snr
-        self.monitor = monitor
         self.register_schedule(given_betas=given_betas, beta_schedule=beta_schedule, timesteps=timesteps,
                                linear_start=linear_start, linear_end=linear_end, cosine_s=cosine_s)
         self.learn_logvar = learn_logvar
@@ -154,8 +150,9 @@ class DDPM(L.LightningModule):
 
     def _configure_speed(self, channels_last, compile, gradient_checkpointing, skip_nonfinite,
                          max_nonfinite_steps) -> None:
-        """The UNet's speed switches and the non-finite loss guard (:mod:`ldm.callbacks.precision`)."""
-        from ldm.callbacks.precision import NonFiniteGuard, apply_unet_switches
+        """The UNet's speed switches and the non-finite loss guard (:mod:`ldm.models.unet_switches`, :mod:`ldm.models.nonfinite`)."""
+        from ldm.models.nonfinite import NonFiniteGuard
+        from ldm.models.unet_switches import apply_unet_switches
 
         self.channels_last = channels_last
         apply_unet_switches(self.model.diffusion_model, channels_last=channels_last, compile=compile,
@@ -200,24 +197,7 @@ class DDPM(L.LightningModule):
         """Draw ``x_t ~ q(x_t | x_0)`` (DDPM Eq. 4)."""
         return q_sample(self.schedule, x_start, t, noise if noise is not None else torch.randn_like(x_start))
 
-    # ------------------------------------------------------------------ EMA
-    @contextmanager
-    def ema_scope(self, context: str | None = None):
-        """Temporarily swap the EMA weights into ``self.model`` (no-op without EMA)."""
-        if not self.use_ema:
-            yield None
-            return
-        self.model_ema.store(self.model.parameters())
-        self.model_ema.copy_to(self.model)
-        if context is not None:
-            print(f"{context}: switched to EMA weights")
-        try:
-            yield None
-        finally:
-            self.model_ema.restore(self.model.parameters())
-            if context is not None:
-                print(f"{context}: restored training weights")
-
+    # ------------------------------------------------------------------ EMA and the optimiser step
     def optimizer_step(self, epoch, batch_idx, optimizer, optimizer_closure=None) -> None:
         """The optimiser step, then one EMA step (gradient accumulation: once per global step). Here
         rather than in ``on_train_batch_end`` (which runs after the checkpoint callbacks) so that a
@@ -235,57 +215,6 @@ class DDPM(L.LightningModule):
         """Skip the step (gradients dropped on every rank) when the loss or gradients are NaN/Inf."""
         if self.nonfinite_guard is not None and self.automatic_optimization:
             self.nonfinite_guard.before_optimizer_step(self, optimizer)
-
-    # ------------------------------------------------------------------ checkpoints
-    def init_from_ckpt(self, path, ignore_keys: Sequence[str] = (), only_model: bool = False,
-                       trust_checkpoint: bool = False):
-        """Initialise weights from ``path`` and print a missing / unexpected / ignored key report.
-        ``only_model`` loads into the UNet wrapper only (keys with or without the ``model.`` prefix).
-        ``path`` may also be an already read state dict."""
-        from ldm.checkpoint import filter_keys, load_state_dict, load_weights
-
-        state_dict = path if isinstance(path, Mapping) else load_state_dict(path, trust_checkpoint=trust_checkpoint)
-        if only_model:
-            state_dict, ignored = filter_keys(state_dict, ignore_keys)
-            state_dict = {k[len("model."):] if k.startswith("model.") else k: v for k, v in state_dict.items()
-                          if not k.startswith(("model_ema.", "first_stage_model.", "cond_stage_model."))}
-            report = load_weights(self.model, state_dict, verbose=False)
-            report.ignored = ignored
-        else:
-            report = load_weights(self, state_dict, ignore_keys=ignore_keys, verbose=False)
-        print(f"[{type(self).__name__}] restored from {'a state dict' if isinstance(path, Mapping) else path}\n{report}")
-        return report
-
-    def _ema_shadow_map(self) -> dict:
-        if not self.use_ema:
-            return {}
-        names = [n for n, p in self.model.named_parameters() if p.requires_grad]
-        return ema_shadow_names(names, getattr(self.model_ema, "m_name2s_name", None))
-
-    def prepare_state_dict(self, state_dict: Mapping) -> dict:
-        """Make an original or older checkpoint fit this model (see :mod:`ldm.models.diffusion_state_dict`)."""
-        prepared, notes = prepare_state_dict(state_dict, self.state_dict(), self._ema_shadow_map(), self.use_ema)
-        for note in notes:
-            print(f"[{type(self).__name__}] {note}")
-        return prepared
-
-    def load_state_dict(self, state_dict: Mapping, strict: bool = True, assign: bool = False):
-        result = super().load_state_dict(self.prepare_state_dict(state_dict), strict=strict, assign=assign)
-        self._sync_schedule_with_buffers()
-        return result
-
-    def _sync_schedule_with_buffers(self) -> None:
-        """If loaded ``betas`` differ from the configured ones, rebuild the schedule from them."""
-        loaded = self.betas.detach().double().cpu()
-        if loaded.shape != self.schedule.betas.shape or not torch.allclose(loaded, self.schedule.betas, rtol=1e-5, atol=1e-8):
-            print(f"[{type(self).__name__}] checkpoint betas differ from the config; using the checkpoint's schedule")
-            zero_terminal = self.zero_terminal_snr
-            self.zero_terminal_snr = False  # the loaded betas are already final
-            try:
-                self.register_schedule(given_betas=loaded, timesteps=int(loaded.shape[0]))
-            finally:
-                self.zero_terminal_snr = zero_terminal
-
     # ------------------------------------------------------------------ data
     @staticmethod
     def image_from_batch(batch: Mapping, key: str) -> torch.Tensor:
@@ -305,7 +234,7 @@ class DDPM(L.LightningModule):
         return self.image_from_batch(batch, k)
 
     def _batch_len(self, batch: Mapping) -> int:
-        for key in (self.first_stage_key, "latent_mean"):  # images, or a latent-cache batch
+        for key in (self.first_stage_key, LATENT_MEAN_KEY):  # images, or a latent-cache batch
             if isinstance(batch.get(key), torch.Tensor):
                 return int(batch[key].shape[0])
         raise KeyError(f"batch has no tensor under {self.first_stage_key!r} (keys: {sorted(batch)}); check first_stage_key")
@@ -418,123 +347,3 @@ class DDPM(L.LightningModule):
         if scheduler is None:
             return optimizer
         return {"optimizer": optimizer, "lr_scheduler": scheduler}
-
-    # ------------------------------------------------------------------ sampling
-    def sample_shape(self, batch_size: int, shape: Sequence[int] | None = None) -> tuple:
-        if shape is not None:
-            return (batch_size, *shape)
-        size = self.image_size
-        h, w = (size, size) if isinstance(size, int) else tuple(size)
-        return (batch_size, self.channels, h, w)
-
-    def denoiser(self):
-        """``denoise(x_t, t, cond) -> model output`` for the samplers (2C channels with learned variances)."""
-        def denoise(x_t, t, cond=None):
-            return self.apply_model(x_t, t, cond)
-        return denoise
-
-    def sampler_defaults(self) -> dict:
-        """Sampler options implied by the model (pixel space: clip the x0 estimate like the original)."""
-        return {"clip_denoised": self.clip_denoised}
-
-    def decode_samples(self, x: torch.Tensor) -> torch.Tensor:
-        return x.clamp(-1, 1)
-
-    def sampler_settings(self, sampler: str | None = None, steps: int | None = None,
-                         eta: float | None = None) -> tuple[str, int, float, dict]:
-        """(name, steps, eta, options): explicit arguments over the YAML ``sampler_config`` over the
-        built-in defaults (DDIM, 50 steps, eta 0; 1 for ancestral sigma samplers), plus the options the model
-        implies. The config's ``eta`` applies to the config's sampler only."""
-        from ldm.samplers import SAMPLERS, default_eta, resolve_name
-
-        cfg = {"sampler": "ddim", "steps": 50, "eta": None, **self.sampler_config}
-        options = {k: v for k, v in cfg.items() if k not in ("sampler", "steps", "eta")}
-        options = {**self.sampler_defaults(), "variance_type": self.variance_type, **options}
-        name = str(sampler or cfg["sampler"])
-        if options.get("sigmas") is not None and resolve_name(name, options["sigmas"]) in SAMPLERS:
-            options.pop("sigmas")  # a config's sigma schedule does not apply to a discrete-grid sampler
-        if eta is None and (sampler is None or sampler == cfg["sampler"]):  # the config's eta goes with its sampler
-            eta = cfg["eta"]
-        if eta is None:  # 0, or 1 for the ancestral sigma-space samplers (euler_a, dpmpp_2s_a, dpmpp_2m_sde)
-            eta = default_eta(name, options.get("sigmas"))
-        return name, int(steps if steps is not None else cfg["steps"]), float(eta), options
-
-    def build_sampler(self, sampler: str | None = None, steps: int | None = None, eta: float | None = None,
-                      progress: bool = False, **options):
-        """A :mod:`ldm.samplers` sampler for this model's schedule and parameterisation."""
-        from ldm.samplers import ANCESTRAL, get_sampler, resolve_name
-
-        name, steps, eta, defaults = self.sampler_settings(sampler, steps, eta)
-        if options.get("sigmas", "") is None:  # not given: the sampler_config's, if any
-            options.pop("sigmas")
-        options = {**defaults, **options}
-        if eta != 0.0 or resolve_name(name, options.get("sigmas")) in ("ddim", "plms", *ANCESTRAL):
-            options["eta"] = eta
-        return get_sampler(name, self.schedule, self.parameterization, steps=steps, progress=progress, **options)
-
-    def guided_denoiser(self, null_cond=None, guidance_scale: float = 1.0, guidance_rescale: float = 0.0):
-        """The denoiser, wrapped in :func:`ldm.samplers.classifier_free_guidance` when the scale is not 1
-        (conditional and null condition in one batched forward per step)."""
-        from ldm.samplers import classifier_free_guidance
-
-        denoise = self.denoiser()
-        if guidance_scale == 1.0:
-            return denoise
-        if null_cond is None:
-            raise ValueError("guidance_scale != 1 needs a null condition; this model has none (unconditional, "
-                             "or its conditioner provides no null_condition)")
-        return classifier_free_guidance(denoise, null_cond, guidance_scale, rescale=guidance_rescale,
-                                        learned_variance=self.variance_type in ("learned", "learned_range"))
-
-    def run_sampler(self, batch_size: int, cond=None, null_cond=None, *, sampler: str | None = None,
-                    steps: int | None = None, eta: float | None = None, guidance_scale: float = 1.0,
-                    guidance_rescale: float = 0.0, shape=None, x_T=None, generator=None,
-                    progress: bool = False, sample_kwargs: dict | None = None, **options):
-        """Draw in model space. ``options`` go to the sampler's constructor, ``sample_kwargs`` to its
-        ``sample`` call (e.g. ``x_start``/``strength`` for image-to-image, ``mask``/``known`` for inpainting)."""
-        sampler_obj = self.build_sampler(sampler, steps, eta, progress=progress, **options)
-        denoise = self.guided_denoiser(null_cond, guidance_scale, guidance_rescale)
-        kwargs = {"shape": self.sample_shape(batch_size, shape), **(sample_kwargs or {})}
-        return sampler_obj.sample(denoise, cond=cond, x_T=x_T, generator=generator, device=self.device,
-                                  dtype=torch.float32, **kwargs)
-
-    @torch.no_grad()
-    def sample(self, batch_size: int = 16, *, sampler: str | None = None, steps: int | None = None,
-               eta: float | None = None, shape=None, x_T=None, generator=None, use_ema: bool = True,
-               progress: bool = False, **options) -> torch.Tensor:
-        """``batch_size`` images in [-1, 1] (DDIM with 50 steps by default; EMA weights by default)."""
-        with self._maybe_ema(use_ema):
-            x = self.run_sampler(int(batch_size), sampler=sampler, steps=steps, eta=eta, shape=shape, x_T=x_T,
-                                 generator=generator, progress=progress, **options)
-        return self.decode_samples(x)
-
-    @contextmanager
-    def _maybe_ema(self, use_ema: bool):
-        if use_ema and self.use_ema:
-            with self.ema_scope():
-                yield
-        else:
-            yield
-
-    @torch.no_grad()
-    def log_images(self, batch: Mapping, N: int = 8, n_row: int = 2, sample: bool = True, ddim_steps: int = 50,
-                   ddim_eta: float | None = None, plot_diffusion_rows: bool = False, split: str | None = None,
-                   sampler: str | None = None, sigmas: str | None = None, **kwargs) -> dict:
-        """Images for the ImageLogger, all ``B×C×H×W`` in [-1, 1]: ``inputs``, ``diffusion_row``
-        (optional) and ``samples`` (a cheap ``ddim_steps`` run with the EMA weights; ``sampler`` / ``sigmas``
-        over the ``sampler_config``, e.g. ``log_images_kwargs: {sampler: dpmpp_2m, sigmas: karras}``)."""
-        x = self.get_input(batch, self.first_stage_key)[:N].to(self.device)
-        out = {"inputs": x}
-        if plot_diffusion_rows:
-            out["diffusion_row"] = self.diffusion_row(x[:n_row])
-        if sample:
-            out["samples"] = self.sample(x.shape[0], sampler=sampler, steps=ddim_steps, eta=ddim_eta, sigmas=sigmas)
-        return out
-
-    def diffusion_row(self, x: torch.Tensor, n_steps: int = 5) -> torch.Tensor:
-        """``x`` noised at ``n_steps`` evenly spaced timesteps, stacked sample-major."""
-        rows = []
-        for step in torch.linspace(0, self.num_timesteps - 1, n_steps).long().tolist():
-            t = torch.full((x.shape[0],), step, device=x.device, dtype=torch.long)
-            rows.append(self.decode_samples(self.q_sample(x, t)))
-        return torch.stack(rows, dim=1).flatten(0, 1)

@@ -11,10 +11,14 @@ and :func:`ldm.checkpoint.load_weights` all behave the same):
   checkpoint's own ``model.*`` weight, so the EMA equals the loaded weights. A checkpoint with no
   EMA entries at all also keeps the model's current ``decay`` / ``num_updates``. A model without
   EMA drops the checkpoint's ``model_ema.*`` entries.
+
+:class:`DiffusionCheckpoint` is the DDPM's side of it: ``init_from_ckpt`` and ``load_state_dict``.
 """
 from __future__ import annotations
 
-from typing import Mapping
+from typing import Mapping, Sequence
+
+import torch
 
 STALE_BUFFERS = ("ddim_sigmas", "ddim_alphas", "ddim_alphas_prev", "ddim_sqrt_one_minus_alphas")
 EMA_PREFIX = "model_ema."
@@ -65,3 +69,56 @@ def prepare_state_dict(state_dict: Mapping, own_state: Mapping, shadow_of: Mappi
             if key in own_state and key not in out:
                 out[key] = own_state[key]
     return out, notes
+
+
+class DiffusionCheckpoint:
+    """Checkpoint loading of :class:`~ldm.models.ddpm.DDPM` (a mixin of the LightningModule)."""
+
+    def init_from_ckpt(self, path, ignore_keys: Sequence[str] = (), only_model: bool = False,
+                       trust_checkpoint: bool = False):
+        """Initialise weights from ``path`` and print a missing / unexpected / ignored key report.
+        ``only_model`` loads into the UNet wrapper only (keys with or without the ``model.`` prefix).
+        ``path`` may also be an already read state dict."""
+        from ldm.checkpoint import filter_keys, load_state_dict, load_weights
+
+        state_dict = path if isinstance(path, Mapping) else load_state_dict(path, trust_checkpoint=trust_checkpoint)
+        if only_model:
+            state_dict, ignored = filter_keys(state_dict, ignore_keys)
+            state_dict = {k[len("model."):] if k.startswith("model.") else k: v for k, v in state_dict.items()
+                          if not k.startswith(("model_ema.", "first_stage_model.", "cond_stage_model."))}
+            report = load_weights(self.model, state_dict, verbose=False)
+            report.ignored = ignored
+        else:
+            report = load_weights(self, state_dict, ignore_keys=ignore_keys, verbose=False)
+        print(f"[{type(self).__name__}] restored from {'a state dict' if isinstance(path, Mapping) else path}\n{report}")
+        return report
+
+    def _ema_shadow_map(self) -> dict:
+        if not self.use_ema:
+            return {}
+        names = [n for n, p in self.model.named_parameters() if p.requires_grad]
+        return ema_shadow_names(names, getattr(self.model_ema, "m_name2s_name", None))
+
+    def prepare_state_dict(self, state_dict: Mapping) -> dict:
+        """Make an original or older checkpoint fit this model (see :mod:`ldm.models.diffusion_state_dict`)."""
+        prepared, notes = prepare_state_dict(state_dict, self.state_dict(), self._ema_shadow_map(), self.use_ema)
+        for note in notes:
+            print(f"[{type(self).__name__}] {note}")
+        return prepared
+
+    def load_state_dict(self, state_dict: Mapping, strict: bool = True, assign: bool = False):
+        result = super().load_state_dict(self.prepare_state_dict(state_dict), strict=strict, assign=assign)
+        self._sync_schedule_with_buffers()
+        return result
+
+    def _sync_schedule_with_buffers(self) -> None:
+        """If loaded ``betas`` differ from the configured ones, rebuild the schedule from them."""
+        loaded = self.betas.detach().double().cpu()
+        if loaded.shape != self.schedule.betas.shape or not torch.allclose(loaded, self.schedule.betas, rtol=1e-5, atol=1e-8):
+            print(f"[{type(self).__name__}] checkpoint betas differ from the config; using the checkpoint's schedule")
+            zero_terminal = self.zero_terminal_snr
+            self.zero_terminal_snr = False  # the loaded betas are already final
+            try:
+                self.register_schedule(given_betas=loaded, timesteps=int(loaded.shape[0]))
+            finally:
+                self.zero_terminal_snr = zero_terminal

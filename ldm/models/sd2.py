@@ -22,7 +22,8 @@ from typing import Mapping, Sequence
 import torch
 import torch.nn.functional as F
 
-from ldm.models.latent_diffusion import LatentDiffusion, _freeze
+from ldm.models.first_stage import freeze
+from ldm.models.latent_diffusion import LatentDiffusion
 from ldm.util import instantiate_from_config
 
 INPAINT_FINETUNE_KEYS = ("model.diffusion_model.input_blocks.0.0.weight",
@@ -54,26 +55,23 @@ class _TextPlusImageCondition(LatentDiffusion):
     def image_condition(self, batch: Mapping, n: int | None) -> dict:
         raise NotImplementedError
 
-    # what the sampling command needs to know (``ldm.cli.sample_spatial``)
-    def sampling_text_key(self) -> str:
+    # what a sampling caller needs to know (``ldm.cli.sample_spatial``)
+    def text_input_key(self) -> str:
         """The batch key of the caption (cross-attention)."""
         return self.cond_stage_key
 
-    def sampling_concat_inputs(self) -> list[tuple[str, int, float]]:
+    def spatial_inputs(self) -> list[tuple[str, int, float]]:
         """``(batch key, channels, input pixels per latent cell)`` of each spatial input."""
         raise NotImplementedError
-
-    def sampling_extra_inputs(self, n: int) -> dict:
-        """Further batch entries a sampling batch of ``n`` rows needs."""
-        return {}
 
     def condition_from_batch(self, batch: Mapping, n: int | None = None, drop: bool | None = None):
         text = super().condition_from_batch(batch, n, drop)
         return {"crossattn": text, **self.image_condition(batch, n)}
 
-    def _prepare_condition(self, cond_or_batch_size, conditioning, negative=None, null_conditioning=None):
-        batch_size, cond, null = super()._prepare_condition(cond_or_batch_size, conditioning, negative,
-                                                            null_conditioning)
+    def sampling_conditions(self, batch_size=None, inputs=None, conditioning=None, negative=None,
+                            null_conditioning=None):
+        batch_size, cond, null = super().sampling_conditions(batch_size, inputs, conditioning, negative,
+                                                             null_conditioning)
         if isinstance(cond, Mapping) and isinstance(null, torch.Tensor):
             null = {**cond, "crossattn": null}
         return batch_size, cond, null
@@ -110,8 +108,8 @@ class LatentInpaintDiffusion(_TextPlusImageCondition):
                 parts.append(F.interpolate(mask, size=masked.shape[-2:]).to(masked.dtype))
         return {"concat": torch.cat(parts, dim=1)}
 
-    def sampling_concat_inputs(self) -> list[tuple[str, int, float]]:
-        f = 2 ** (int(self.first_stage_model.encoder.num_resolutions) - 1)
+    def spatial_inputs(self) -> list[tuple[str, int, float]]:
+        f = self.first_stage_factor
         return [(key, 3 if key == self.masked_image_key else 1, float(f)) for key in self.concat_keys]
 
     def init_from_ckpt(self, path, ignore_keys: Sequence[str] = (), only_model: bool = False,
@@ -150,17 +148,17 @@ class LatentUpscaleDiffusion(_TextPlusImageCondition):
         super().__init__(*args, **kwargs)
         model = low_scale_config if isinstance(low_scale_config, torch.nn.Module) else \
             instantiate_from_config(low_scale_config, node="low_scale_config")
-        self.low_scale_model = _freeze(model)
+        self.low_scale_model = freeze(model)
         self.low_scale_key = low_scale_key
         self.noise_level_key = noise_level_key
         self._load_deferred(ckpt)
 
     sampling_noise_level = 20  # the noise level SD's x4 upscaler is usually sampled at
 
-    def sampling_concat_inputs(self) -> list[tuple[str, int, float]]:
+    def spatial_inputs(self) -> list[tuple[str, int, float]]:
         return [(self.low_scale_key, 3, 1.0)]  # the low-res image has the latent's size
 
-    def sampling_extra_inputs(self, n: int) -> dict:
+    def extra_sampling_inputs(self, n: int) -> dict:
         return {self.noise_level_key or "noise_level": torch.full((n,), self.sampling_noise_level, dtype=torch.long)}
 
     def train(self, mode: bool = True):

@@ -13,6 +13,7 @@ from .denoiser import DiscreteDenoiser, gradient_guided_denoiser
 from .dpm_solver import DPMSolverPlusPlus2MSampler
 from .guidance import (
     classifier_free_guidance,
+    condition_batch_size,
     gradient_guidance,
     rescale_guidance,
     stack_conditions,
@@ -50,9 +51,25 @@ def resolve_name(name: str, sigmas: str | None = None) -> str:
     return key
 
 
+#: the samplers that take an ``eta``, decided here only: DDIM and PLMS (DDIM Eq. 16's sigma_t scale,
+#: default 0) and the ancestral / SDE sigma-space samplers (default 1). ``ddpm`` is the eta = 1
+#: member of the DDIM family and takes no other; the rest are deterministic (eta must be 0).
+ETA_SAMPLERS = ("ddim", "plms", *ANCESTRAL)
+
+
+def takes_eta(name: str, sigmas: str | None = None) -> bool:
+    """Whether the sampler ``name`` (with ``sigmas``, see :func:`resolve_name`) has an ``eta`` option."""
+    return resolve_name(name, sigmas) in ETA_SAMPLERS
+
+
 def default_eta(name: str, sigmas: str | None = None) -> float:
     """0 for the deterministic samplers, 1 for the ancestral / SDE sigma-space ones."""
     return 1.0 if resolve_name(name, sigmas) in ANCESTRAL else 0.0
+
+
+def sampler_names() -> list[str]:
+    """Every sampler name :func:`get_sampler` accepts (canonical names, then aliases)."""
+    return sorted(SAMPLERS) + sorted(SIGMA_SAMPLERS) + sorted(ALIASES) + sorted(SIGMA_ALIASES)
 
 
 def get_sampler(name: str, schedule, parameterization: str = "eps", **options):
@@ -84,9 +101,35 @@ def get_sampler(name: str, schedule, parameterization: str = "eps", **options):
 
 
 __all__ = [
-    "ANCESTRAL", "DiscreteDenoiser", "K_SAMPLERS", "SIGMA_ALIASES", "SIGMA_SAMPLERS", "SIGMA_SCHEDULES",
-    "SigmaSampler", "default_eta", "gradient_guided_denoiser", "make_sigmas", "resolve_name",
-    "ALIASES", "DDIMSampler", "DDPMSampler", "DPMSolverPlusPlus2MSampler", "PLMSSampler", "SAMPLERS",
-    "SPACINGS", "Sampler", "classifier_free_guidance", "ddim_update", "get_sampler", "gradient_guidance",
-    "make_timesteps", "randn", "rescale_guidance", "stack_conditions",
+    "ALIASES",
+    "ANCESTRAL",
+    "DDIMSampler",
+    "DDPMSampler",
+    "DPMSolverPlusPlus2MSampler",
+    "DiscreteDenoiser",
+    "ETA_SAMPLERS",
+    "K_SAMPLERS",
+    "PLMSSampler",
+    "SAMPLERS",
+    "SIGMA_ALIASES",
+    "SIGMA_SAMPLERS",
+    "SIGMA_SCHEDULES",
+    "SPACINGS",
+    "Sampler",
+    "SigmaSampler",
+    "classifier_free_guidance",
+    "condition_batch_size",
+    "ddim_update",
+    "default_eta",
+    "get_sampler",
+    "gradient_guidance",
+    "gradient_guided_denoiser",
+    "make_sigmas",
+    "make_timesteps",
+    "randn",
+    "rescale_guidance",
+    "resolve_name",
+    "sampler_names",
+    "stack_conditions",
+    "takes_eta",
 ]

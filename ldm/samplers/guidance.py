@@ -16,17 +16,18 @@ from ..diffusion.gaussian import check_parameterization, output_from_x0_eps, x0_
 from ..diffusion.schedule import DiffusionSchedule, as_schedule, extract
 
 
-def _batch_of(cond) -> int | None:
+def condition_batch_size(cond) -> int | None:
+    """The batch size of a condition: of its first tensor (a dict's or list's, searched in order), or None."""
     if isinstance(cond, torch.Tensor):
         return cond.shape[0]
     if isinstance(cond, dict):
         for v in cond.values():
-            b = _batch_of(v)
+            b = condition_batch_size(v)
             if b is not None:
                 return b
     if isinstance(cond, (list, tuple)):
         for v in cond:
-            b = _batch_of(v)
+            b = condition_batch_size(v)
             if b is not None:
                 return b
     return None

@@ -25,8 +25,9 @@ from .denoiser import DiscreteDenoiser
 from .k_samplers import K_SAMPLER_OPTIONS, K_SAMPLERS
 from .sigmas import SIGMA_SCHEDULES, make_sigmas
 
-#: samplers whose ``eta`` defaults to 1 (ancestral / SDE); the others take no eta
-ANCESTRAL = ("euler_a", "dpmpp_2s_a", "dpmpp_2m_sde")
+#: the sigma-space samplers with an ``eta`` option (ancestral / SDE; it defaults to 1), read from
+#: the solvers' option table; the others are deterministic
+ANCESTRAL = tuple(name for name, takes in K_SAMPLER_OPTIONS.items() if "eta" in takes)
 
 
 class SigmaSampler:
@@ -49,7 +50,7 @@ class SigmaSampler:
         self.sigmas = make_sigmas(self.sigma_schedule, self.schedule, steps, rho, spacing, sigma_min, sigma_max)
         self.steps = steps
         takes = K_SAMPLER_OPTIONS[name]
-        if eta is not None and "eta" not in takes and eta != 0.0:
+        if eta is not None and name not in ANCESTRAL and eta != 0.0:
             raise ValueError(f"{name} is deterministic; eta must be 0 (ancestral samplers: {', '.join(ANCESTRAL)})")
         if eta is not None and eta < 0:
             raise ValueError(f"eta must be >= 0, got {eta}")

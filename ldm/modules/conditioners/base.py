@@ -23,7 +23,12 @@ class Conditioner(nn.Module):
     ``drop_mask=None`` nothing is dropped. ``encode`` itself is deterministic: the training loop
     owns the randomness and draws the mask with :meth:`sample_drop_mask` (Bernoulli(``ucg_rate``)
     per row), so dropout can never be applied twice or leak into validation/sampling.
+
+    ``input_kind`` states what the raw input is (``class`` labels, ``text`` captions, ``other``), so a
+    model can tell its callers how to drive it; None: not stated.
     """
+
+    input_kind: str | None = None
 
     def __init__(self, output_key: str = "crossattn", ucg_rate: float = 0.0):
         super().__init__()

@@ -26,6 +26,8 @@ class ClassEmbedder(Conditioner):
     (the original ``forward(batch)`` convention).
     """
 
+    input_kind = "class"
+
     def __init__(self, embed_dim: int, n_classes: int = 1000, key: str = "class", ucg_rate: float = 0.0,
                  add_null_class: bool = False, null_class_index: int | None = None,
                  output_key: str = "crossattn"):

@@ -50,6 +50,8 @@ class FrozenCLIPEmbedder(Conditioner):
     ``tokenizer`` / ``transformer`` may be passed as ready objects (tests, custom models).
     """
 
+    input_kind = "text"
+
     def __init__(self, version: str = "openai/clip-vit-large-patch14", device=None, max_length: int = 77,
                  layer: str = "last", layer_idx: int | None = None, freeze: bool = True, ucg_rate: float = 0.0,
                  tokenizer=None, transformer=None):

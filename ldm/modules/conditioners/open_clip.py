@@ -23,6 +23,7 @@ from ldm.modules.conditioners.registry import register_conditioner
 @register_conditioner("open_clip", "frozen_open_clip")
 class FrozenOpenCLIPEmbedder(Conditioner):
     LAYERS = ("last", "penultimate")
+    input_kind = "text"
 
     def __init__(self, arch: str = "ViT-H-14", version: str | None = "laion2b_s32b_b79k", device=None,
                  max_length: int = 77, freeze: bool = True, layer: str = "last", ucg_rate: float = 0.0,

@@ -167,7 +167,7 @@ class ConditionerStack(nn.Module):
         return out
 
     def _combine(self, outputs: Sequence[torch.Tensor]) -> dict:
-        from ldm.models.conditioning import join_slot
+        from ldm.modules.conditioners.join import join_slot
 
         slots: dict[str, list] = {}
         for slot, out in zip(self.output_keys, outputs):

@@ -201,6 +201,11 @@ class BERTEmbedder(TransformerEmbedder):
         if use_tokenizer and tokenizer == "open_clip":
             self._tokenizer = self._load_tokenizer()  # offline: check the vocabulary right away
 
+    @property
+    def input_kind(self) -> str:
+        """Captions with the tokenizer, token ids (``other``) without."""
+        return "text" if self.use_tknz_fn else "other"
+
     def _load_tokenizer(self):
         tok = _OpenClipTokenizer(self.max_seq_len) if self.tokenizer_name == "open_clip" else _BertTokenizer(self.max_seq_len)
         if tok.vocab_size > self.vocab_size:
