@@ -128,16 +128,12 @@ def _run(args: argparse.Namespace, argv: Sequence[str] | None) -> dict[str, Any]
 
 def main(argv: Sequence[str] | None = None) -> int:
     from ldm.checkpoint import UnsafeCheckpointError
+    from ldm.cli.errors import run_reporting_errors
     from ldm.data.latent_cache import LatentCacheError
     from ldm.util import ConfigError
 
-    try:
-        run(argv)
-    except (ConfigError, LatentCacheError, FileNotFoundError, FileExistsError, ValueError, KeyError, TypeError,
-            UnsafeCheckpointError) as err:
-        print(f"cache_latents: error: {err}", file=sys.stderr)
-        return 2
-    return 0
+    return run_reporting_errors(run, argv, (ConfigError, LatentCacheError, FileNotFoundError, FileExistsError,
+                                            ValueError, KeyError, TypeError, UnsafeCheckpointError), "cache_latents")
 
 
 if __name__ == "__main__":

@@ -228,12 +228,9 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    try:
-        run(argv)
-    except _user_errors() as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    return 0
+    from ldm.cli.errors import run_reporting_errors
+
+    return run_reporting_errors(run, argv, _user_errors())
 
 
 if __name__ == "__main__":

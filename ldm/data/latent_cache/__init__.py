@@ -42,17 +42,17 @@ from ldm.data.latent_cache.batch import cached_moments, has_cached_latents, samp
 from ldm.data.latent_cache.encode import encode_dataset
 from ldm.data.latent_cache.fingerprint import file_sha256, state_dict_sha256
 from ldm.data.latent_cache.format import (
-                                          COND_PREFIX,
-                                          FLIP_MODES,
-                                          FORMAT_NAME,
-                                          FORMAT_VERSION,
-                                          HASH_EXCLUDED_PREFIXES,
-                                          MANIFEST_NAME,
-                                          MEAN_KEY,
-                                          SHARD_PATTERN,
-                                          STD_KEY,
-                                          LatentCacheError,
-                                          LatentCacheMismatchError,
+    COND_PREFIX,
+    FLIP_MODES,
+    FORMAT_NAME,
+    FORMAT_VERSION,
+    HASH_EXCLUDED_PREFIXES,
+    MANIFEST_NAME,
+    MEAN_KEY,
+    SHARD_PATTERN,
+    STD_KEY,
+    LatentCacheError,
+    LatentCacheMismatchError,
 )
 from ldm.data.latent_cache.reader import LatentCacheDataset, read_manifest
 from ldm.data.latent_cache.writer import LatentCacheWriter
