@@ -68,10 +68,7 @@ def build_first_stage(node: Mapping, ckpt: str | Path | None = None, *, trust: b
             raise ValueError(f"{ckpt} lacks {len(report.missing)} first-stage weight(s), e.g. {report.missing[:3]}; "
                              "it does not match the first-stage config")
         print(f"[first stage] {type(model).__name__} loaded from {path} ({report.loaded} tensors)")
-    model.eval()
-    for p in model.parameters():
-        p.requires_grad_(False)
-    return model
+    return model.eval().requires_grad_(False)
 
 
 def load_first_stage(config: str | Path | Mapping, ckpt: str | Path | None = None, *, trust: bool = False,
