@@ -15,7 +15,8 @@ Autoencoder reconstructions on a dataset split::
 Inputs are folders of images (searched recursively) or a dataset config (``target``/``params``,
 a ``data:`` section of a training config, or a ``DataModuleFromConfig`` node whose ``params``
 hold ``train`` / ``validation`` / ``test`` datasets) yielding dict samples with ``image`` in
-``[-1, 1]`` (``C×H×W`` or ``H×W×C``). See docs/evaluation.md.
+``[-1, 1]`` (``C×H×W`` or ``H×W×C``); the sources are :mod:`ldm.data.image_batches` and
+:mod:`ldm.data.dataset_config`, the autoencoder loader :mod:`ldm.cli.first_stage`. See docs/evaluation.md.
 """
 from __future__ import annotations
 
