@@ -18,8 +18,9 @@ import torch
 import torch.nn.functional as F
 
 import ldm.modules.attention as attention_module
-from benchmarks.common import (PRECISION_NAMES, PeakMemory, add_threads_argument, autocast, count_flops, describe_device,
-                               matmul_peak_flops, naive_attention, set_checkpointing, set_threads, time_call)
+from benchmarks.common import (PRECISION_NAMES, PeakMemory, add_threads_argument, autocast, count_flops,
+                               describe_device, matmul_peak_flops, naive_attention, set_checkpointing, set_threads,
+                               time_call)
 from ldm.modules.unet import UNetModel
 from ldm.optim import build_optimizer
 

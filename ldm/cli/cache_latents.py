@@ -8,9 +8,9 @@
 or an autoencoder config (``model`` is the first stage). ``--ckpt`` loads first-stage weights: an
 autoencoder checkpoint or stage-1 run directory, or a full LatentDiffusion checkpoint (its
 ``first_stage_model.*`` weights are used; :mod:`ldm.cli.first_stage`). Without ``--ckpt`` the LDM
-config's ``model.params.ckpt_path`` is used if set, else the first stage's own ``ckpt_path``. The dataset is ``data.params.<split>`` of ``--data-config``
-(default: ``--config``). Train from the cache with ``ldm.data.latent_cache.LatentCacheDataset``
-(see docs/performance.md, "Latent cache").
+config's ``model.params.ckpt_path`` is used if set, else the first stage's own ``ckpt_path``. The
+dataset is ``data.params.<split>`` of ``--data-config`` (default: ``--config``). Train from the
+cache with ``ldm.data.latent_cache.LatentCacheDataset`` (see docs/performance.md, "Latent cache").
 """
 from __future__ import annotations
 
