@@ -19,7 +19,8 @@ import torch
 from omegaconf import OmegaConf
 
 import ldm.modules.autoencoder.blocks as ae_blocks
-from benchmarks.common import PeakMemory, autocast, describe_device, interleaved_min, naive_attention
+from benchmarks.common import (PeakMemory, add_threads_argument, autocast, describe_device, interleaved_min,
+                               naive_attention, set_threads)
 from ldm.util import instantiate_from_config
 
 #: name -> config file (the model section is used; the training loss is replaced by Identity)
@@ -88,10 +89,9 @@ def main(argv=None) -> None:
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=3, help="timed rounds (minimum reported)")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
+    add_threads_argument(parser)
     args = parser.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     device = torch.device(args.device)
     modes = args.modes.split(",")
     for mode in modes:

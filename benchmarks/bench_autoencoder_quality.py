@@ -16,6 +16,8 @@ import time
 import torch
 from torch.utils.data import DataLoader
 
+from benchmarks.common import add_threads_argument, describe_device, set_threads
+
 
 def _build(config_path: str, overrides: list[str]):
     from omegaconf import OmegaConf
@@ -63,7 +65,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--config", default="configs/demo/autoencoder_kl_f4.yaml")
     parser.add_argument("--max-steps", type=int, default=None, help="Lightning optimiser steps (both optimisers count)")
     parser.add_argument("--minutes", type=float, default=None, help="wall-clock training budget")
-    parser.add_argument("--threads", type=int, default=None)
+    add_threads_argument(parser)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                         help="config overrides, e.g. model.params.ddconfig.ch=64")
@@ -71,11 +73,9 @@ def main(argv: list[str] | None = None) -> dict:
 
     import lightning as L
 
-    from benchmarks.common import describe_device
     from ldm.precision import resolve_trainer_precision
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     L.seed_everything(args.seed, workers=True)
     model, train, val, batch_size, trainer_cfg = _build(args.config, args.set)
     trainer_cfg.pop("accumulate_grad_batches", None)

@@ -13,7 +13,7 @@ import argparse
 import torch
 import torch.nn.functional as F
 
-from benchmarks.common import autocast, describe_device, time_call
+from benchmarks.common import add_threads_argument, autocast, describe_device, set_threads, time_call
 
 
 def main(argv=None) -> dict:
@@ -21,10 +21,9 @@ def main(argv=None) -> dict:
     parser.add_argument("--channels", type=int, default=128)
     parser.add_argument("--size", type=int, default=32)
     parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--threads", type=int, default=0, help="CPU threads (0: PyTorch's default)")
+    add_threads_argument(parser)
     args = parser.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     device = torch.device("cpu")
     x = torch.randn(args.batch, args.channels, args.size, args.size)
     w = torch.randn(args.channels, args.channels, 3, 3)

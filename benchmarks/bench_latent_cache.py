@@ -33,7 +33,14 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.bench_unet import MODELS as UNETS  # noqa: E402
-from benchmarks.common import PRECISION_NAMES, autocast, describe_device, synchronize  # noqa: E402
+from benchmarks.common import (  # noqa: E402
+    PRECISION_NAMES,
+    add_threads_argument,
+    autocast,
+    describe_device,
+    set_threads,
+    synchronize,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -185,13 +192,12 @@ def main(argv=None) -> list[dict]:
     parser.add_argument("--steps", type=int, default=None,
                         help="timed steps per path, interleaved (median reported); default 9 demo, 5 celebahq-f4")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    add_threads_argument(parser)
     parser.add_argument("--precision", choices=[PRECISION_NAMES[None], PRECISION_NAMES[torch.bfloat16]], default="32",
                         help="both paths (encoder included) run under this precision's autocast, as in training")
     args = parser.parse_args(argv)
     autocast_dtype = {name: dtype for dtype, name in PRECISION_NAMES.items()}[args.precision]
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     device = torch.device(args.device)
     _, _, image_size, default_batch = SETUPS[args.model]
     batch_size = args.batch or default_batch

@@ -18,8 +18,9 @@ import torch
 import torch.nn.functional as F
 
 import ldm.modules.attention as attention_module
-from benchmarks.common import (PRECISION_NAMES, PeakMemory, autocast, count_flops, describe_device, matmul_peak_flops,
-                               naive_attention, set_checkpointing, time_call)
+from benchmarks.common import (PRECISION_NAMES, PeakMemory, add_threads_argument, autocast, count_flops,
+                               describe_device, matmul_peak_flops, naive_attention, set_checkpointing, set_threads,
+                               time_call)
 from ldm.modules.unet import UNetModel
 from ldm.optim import build_optimizer
 
@@ -83,10 +84,9 @@ def main(argv=None):
     parser.add_argument("--steps", type=int, default=3, help="timed steps per mode (median reported)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--modes", default=",".join(ALL_MODES))
-    parser.add_argument("--threads", type=int, default=0, help="CPU threads (0: PyTorch's default)")
+    add_threads_argument(parser)
     args = parser.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     device = torch.device(args.device)
     if device.type == "cuda":
         # fp32 on CUDA runs convolutions on TF32 tensor cores by default; let matmuls do the same so the

@@ -20,6 +20,17 @@ from ldm.precision import cpu_has_native_bf16, cpu_model
 PRECISION_NAMES = {None: "32", torch.bfloat16: "bf16-mixed", torch.float16: "16-mixed"}
 
 
+def add_threads_argument(parser) -> None:
+    """``--threads N``: torch CPU threads; 0 (the default) keeps PyTorch's own choice."""
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: PyTorch's default)")
+
+
+def set_threads(threads: int | None) -> None:
+    """Apply ``--threads`` (0 / None: leave PyTorch's default)."""
+    if threads:
+        torch.set_num_threads(threads)
+
+
 def autocast(device_type: str, dtype: torch.dtype | None):
     """``torch.autocast`` to ``dtype``, or a no-op context for ``None`` (fp32)."""
     return torch.autocast(device_type, dtype=dtype or torch.float32, enabled=dtype is not None)

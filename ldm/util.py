@@ -7,6 +7,7 @@ CompVis latent-diffusion / taming code resolve to this package's classes through
 """
 from __future__ import annotations
 
+import contextlib
 import importlib
 from collections.abc import Mapping
 from typing import Any
@@ -179,3 +180,14 @@ def default(value: Any, fallback: Any) -> Any:
     if value is not None:
         return value
     return fallback() if callable(fallback) else fallback
+
+
+@contextlib.contextmanager
+def seeded_cpu_rng(seed: int):
+    """Run the block with torch's global CPU generator seeded to ``seed``, then restore its state
+    (reproducible metric subsets / random inits without disturbing the caller's random stream)."""
+    import torch
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield

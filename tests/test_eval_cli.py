@@ -8,7 +8,8 @@ import torch
 import yaml
 from PIL import Image
 
-from ldm.cli.evaluate import main, run, sample_image_to_chw
+from ldm.cli.evaluate import main, run
+from ldm.data.image_batches import sample_image_to_chw
 
 
 def write_folder(root, n, seed, brightness=0, nested=False, ext="png"):

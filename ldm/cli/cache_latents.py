@@ -6,23 +6,21 @@
 
 ``--config`` is a LatentDiffusion config (the first stage is ``model.params.first_stage_config``)
 or an autoencoder config (``model`` is the first stage). ``--ckpt`` loads first-stage weights: an
-autoencoder checkpoint, or a full LatentDiffusion checkpoint (its ``first_stage_model.*`` weights are
-used). Without ``--ckpt`` the LDM config's ``model.params.ckpt_path`` is used if set, else the
-first stage's own ``ckpt_path``. The dataset is ``data.params.<split>`` of ``--data-config``
-(default: ``--config``). Train from the cache with ``ldm.data.latent_cache.LatentCacheDataset``
-(see docs/performance.md, "Latent cache").
+autoencoder checkpoint or stage-1 run directory, or a full LatentDiffusion checkpoint (its
+``first_stage_model.*`` weights are used; :mod:`ldm.cli.first_stage`). Without ``--ckpt`` the LDM
+config's ``model.params.ckpt_path`` is used if set, else the first stage's own ``ckpt_path``. The
+dataset is ``data.params.<split>`` of ``--data-config`` (default: ``--config``). Train from the
+cache with ``ldm.data.latent_cache.LatentCacheDataset`` (see docs/performance.md, "Latent cache").
 """
 from __future__ import annotations
 
 import argparse
-import copy
 import sys
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Sequence
 
 import torch
 
-LATENT_DIFFUSION_SUFFIX = "LatentDiffusion"
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
@@ -57,73 +55,6 @@ def _load_yaml(path: str | Path) -> dict:
     return OmegaConf.to_container(load_config_file(path), resolve=True)
 
 
-def _is_latent_diffusion(model_node: Mapping) -> bool:
-    params = model_node.get("params") or {}
-    return str(model_node.get("target", "")).endswith(LATENT_DIFFUSION_SUFFIX) or "first_stage_config" in params
-
-
-def first_stage_node(config: Mapping, source: str = "config") -> tuple[dict, str | None]:
-    """(first-stage config node without its training loss, the LDM's ``ckpt_path`` or None)."""
-    model = config.get("model")
-    if not isinstance(model, Mapping) or "target" not in model:
-        raise ValueError(f"{source}: expected a 'model' section with a 'target'")
-    ldm_ckpt = None
-    if _is_latent_diffusion(model):
-        params = model.get("params") or {}
-        node = params.get("first_stage_config")
-        if not isinstance(node, Mapping) or "target" not in node:
-            raise ValueError(f"{source}: model.params.first_stage_config must be a target/params node")
-        ldm_ckpt = params.get("ckpt_path")
-    else:
-        node = model
-    node = copy.deepcopy(dict(node))
-    params = dict(node.get("params") or {})
-    if "lossconfig" in params:  # the training loss is not needed to encode (and may download weights)
-        params["lossconfig"] = {"target": "torch.nn.Identity"}
-    node["params"] = params
-    return node, ldm_ckpt
-
-
-def _first_stage_weights(path: str, trust: bool) -> dict:
-    """A first stage's state dict from an autoencoder or a full LatentDiffusion checkpoint."""
-    from ldm.checkpoint import load_state_dict
-
-    state = load_state_dict(path, trust_checkpoint=trust)
-    prefix = "first_stage_model."
-    if any(k.startswith(prefix) for k in state):
-        return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
-    return state
-
-
-def build_first_stage(node: Mapping, ckpt: str | None, trust: bool = False) -> torch.nn.Module:
-    from ldm.checkpoint import load_weights
-    from ldm.util import instantiate_from_config
-
-    model = instantiate_from_config(node, node="first_stage_config")
-    if ckpt is not None:
-        report = load_weights(model, _first_stage_weights(ckpt, trust), verbose=False)
-        if report.missing:
-            raise ValueError(f"{ckpt} lacks {len(report.missing)} first-stage weight(s), e.g. {report.missing[:3]}; "
-                             "it does not match the first-stage config")
-        print(f"[cache_latents] first stage loaded from {ckpt} ({report.loaded} tensors)")
-    model.eval()
-    for p in model.parameters():
-        p.requires_grad_(False)
-    return model
-
-
-def dataset_node(config: Mapping, split: str, source: str) -> dict:
-    data = config.get("data")
-    if not isinstance(data, Mapping):
-        raise ValueError(f"{source}: no 'data' section; pass --data-config with one")
-    params = data.get("params") or {}
-    node = params.get(split) if isinstance(params, Mapping) else None
-    if not isinstance(node, Mapping) or "target" not in node:
-        splits = [k for k, v in params.items() if isinstance(v, Mapping) and "target" in v]
-        raise ValueError(f"{source}: no dataset for split {split!r} under data.params (splits: {splits})")
-    return copy.deepcopy(dict(node))
-
-
 def _freeze_augmentation(node: dict) -> list[str]:
     """Random augmentations would be frozen into the cache: switch random flips off, warn about crops."""
     params = node.setdefault("params", {}) or {}
@@ -147,6 +78,8 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
 
 def _run(args: argparse.Namespace, argv: Sequence[str] | None) -> dict[str, Any]:
+    from ldm.cli.first_stage import is_latent_diffusion, load_first_stage
+    from ldm.data.dataset_config import dataset_node
     from ldm.data.latent_cache import encode_dataset, file_sha256
     from ldm.util import instantiate_from_config
 
@@ -154,11 +87,7 @@ def _run(args: argparse.Namespace, argv: Sequence[str] | None) -> dict[str, Any]
         if getattr(args, flag) < 1:
             raise ValueError(f"--{flag.replace('_', '-')} must be >= 1")
     config = _load_yaml(args.config)
-    node, ldm_ckpt = first_stage_node(config, args.config)
-    ckpt = args.ckpt or ldm_ckpt
-    first_stage = build_first_stage(node, ckpt, trust=args.unsafe_load)
-    if ckpt is None and not (node.get("params") or {}).get("ckpt_path"):
-        print("[cache_latents] warning: no checkpoint given; the first stage has random weights")
+    first_stage, node, ckpt = load_first_stage(config, args.ckpt, trust=args.unsafe_load, source=args.config)
 
     data_source = args.data_config or args.config
     data_config = config if args.data_config is None else _load_yaml(args.data_config)
@@ -171,7 +100,8 @@ def _run(args: argparse.Namespace, argv: Sequence[str] | None) -> dict[str, Any]
         print(f"[cache_latents] {note}")
     dataset = instantiate_from_config(data_node, node=f"data.params.{args.split}")
 
-    model_params = (config["model"].get("params") or {})
+    model_node = config.get("model", config)
+    model_params = model_node.get("params") or {}
     image_key = model_params.get("first_stage_key", model_params.get("image_key", "image"))
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     info = {
@@ -183,7 +113,7 @@ def _run(args: argparse.Namespace, argv: Sequence[str] | None) -> dict[str, Any]
         },
         "source": {"config": str(Path(data_source).resolve()), "split": args.split, "dataset": data_node,
                    "notes": notes},
-        "scale_factor": model_params.get("scale_factor") if _is_latent_diffusion(config["model"]) else None,
+        "scale_factor": model_params.get("scale_factor") if is_latent_diffusion(model_node) else None,
     }
     manifest = encode_dataset(first_stage, dataset, args.out, image_key=image_key, flip=args.flip,
                               batch_size=args.batch_size, shard_size=args.shard_size, num_workers=args.num_workers,
@@ -198,16 +128,12 @@ def _run(args: argparse.Namespace, argv: Sequence[str] | None) -> dict[str, Any]
 
 def main(argv: Sequence[str] | None = None) -> int:
     from ldm.checkpoint import UnsafeCheckpointError
+    from ldm.cli.errors import run_reporting_errors
     from ldm.data.latent_cache import LatentCacheError
     from ldm.util import ConfigError
 
-    try:
-        run(argv)
-    except (ConfigError, LatentCacheError, FileNotFoundError, FileExistsError, ValueError, KeyError, TypeError,
-            UnsafeCheckpointError) as err:
-        print(f"cache_latents: error: {err}", file=sys.stderr)
-        return 2
-    return 0
+    return run_reporting_errors(run, argv, (ConfigError, LatentCacheError, FileNotFoundError, FileExistsError,
+                                            ValueError, KeyError, TypeError, UnsafeCheckpointError), "cache_latents")
 
 
 if __name__ == "__main__":

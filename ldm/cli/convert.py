@@ -75,14 +75,11 @@ def run(argv: Sequence[str] | None = None) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     from ldm.checkpoint import UnsafeCheckpointError
+    from ldm.cli.errors import run_reporting_errors
     from ldm.util import ConfigError
 
-    try:
-        run(argv)
-    except (ConfigError, UnsafeCheckpointError, FileNotFoundError, ValueError, KeyError, ImportError) as err:
-        print(f"convert: error: {err}", file=sys.stderr)
-        return 2
-    return 0
+    return run_reporting_errors(run, argv, (ConfigError, UnsafeCheckpointError, FileNotFoundError, ValueError,
+                                            KeyError, ImportError), "convert")
 
 
 if __name__ == "__main__":

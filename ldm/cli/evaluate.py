@@ -15,7 +15,8 @@ Autoencoder reconstructions on a dataset split::
 Inputs are folders of images (searched recursively) or a dataset config (``target``/``params``,
 a ``data:`` section of a training config, or a ``DataModuleFromConfig`` node whose ``params``
 hold ``train`` / ``validation`` / ``test`` datasets) yielding dict samples with ``image`` in
-``[-1, 1]`` (``C×H×W`` or ``H×W×C``). See docs/evaluation.md.
+``[-1, 1]`` (``C×H×W`` or ``H×W×C``); the sources are :mod:`ldm.data.image_batches` and
+:mod:`ldm.data.dataset_config`, the autoencoder loader :mod:`ldm.cli.first_stage`. See docs/evaluation.md.
 """
 from __future__ import annotations
 
@@ -26,193 +27,16 @@ import sys
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
-import numpy as np
 import torch
-import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset
 
+from ldm.data.dataset_config import build_dataset
+from ldm.data.image_batches import dataset_batches, folder_batches
 from ldm.eval.generative import GENERATIVE_METRICS, compute_generative_metrics, parse_metric_names
 from ldm.eval.reconstruction import RECONSTRUCTION_METRICS
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
-SPLIT_NAMES = ("train", "validation", "test", "predict")
 
-
-# ----------------------------------------------------------------------------------------------
-# image sources: each yields float batches B×3×H×W in [-1, 1]
-# ----------------------------------------------------------------------------------------------
-def list_image_files(root: str | Path) -> list[Path]:
-    """Image files under ``root`` (recursive, sorted). Raises when the folder is missing or empty."""
-    root = Path(root)
-    if not root.is_dir():
-        raise FileNotFoundError(f"image folder not found: {root}")
-    files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
-    if not files:
-        raise ValueError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) found under {root}")
-    return files
-
-
-class ImageFiles(Dataset):
-    """Image files -> float ``3×H×W`` in ``[-1, 1]`` (RGB; optionally resized to ``size×size``)."""
-
-    def __init__(self, files: Sequence[Path], size: int | None = None):
-        self.files = list(files)
-        self.size = size
-
-    def __len__(self) -> int:
-        return len(self.files)
-
-    def __getitem__(self, index: int) -> torch.Tensor:
-        from PIL import Image
-
-        path = self.files[index]
-        try:
-            with Image.open(path) as img:
-                img = img.convert("RGB")
-                if self.size is not None and img.size != (self.size, self.size):
-                    img = img.resize((self.size, self.size), Image.Resampling.BICUBIC)
-                array = np.asarray(img, dtype=np.uint8).copy()
-        except Exception as err:  # noqa: BLE001 - report which file is broken
-            raise ValueError(f"cannot read image {path}: {err}") from err
-        return torch.from_numpy(array).permute(2, 0, 1).float() / 127.5 - 1.0
-
-
-def _stack_images(images: list[torch.Tensor]) -> torch.Tensor:
-    sizes = {tuple(img.shape) for img in images}
-    if len(sizes) > 1:
-        raise ValueError(f"images of different sizes in one batch {sorted(sizes)}; pass --image-size S to resize them")
-    return torch.stack(images)
-
-
-def folder_batches(root: str | Path, *, batch_size: int, image_size: int | None = None,
-                   num_samples: int | None = None, num_workers: int = 0) -> Iterator[torch.Tensor]:
-    files = list_image_files(root)
-    if num_samples is not None:
-        files = files[:num_samples]
-    loader = DataLoader(ImageFiles(files, image_size), batch_size=batch_size, shuffle=False,
-                        num_workers=num_workers, collate_fn=_stack_images)
-    yield from loader
-
-
-def sample_image_to_chw(image: Any, where: str = "sample") -> torch.Tensor:
-    """A dataset sample's ``image`` (tensor or array, ``C×H×W`` or ``H×W×C``) -> float ``3×H×W``."""
-    tensor = torch.as_tensor(np.asarray(image)) if not isinstance(image, torch.Tensor) else image
-    if tensor.dim() != 3:
-        raise ValueError(f"{where}: 'image' must have 3 dimensions (C×H×W or H×W×C), got {tuple(tensor.shape)}")
-    if tensor.shape[0] not in (1, 3) and tensor.shape[-1] in (1, 3):
-        tensor = tensor.permute(2, 0, 1)
-    if tensor.shape[0] == 1:
-        tensor = tensor.expand(3, -1, -1)
-    if tensor.shape[0] != 3:
-        raise ValueError(f"{where}: 'image' must have 1 or 3 channels, got shape {tuple(tensor.shape)}")
-    tensor = tensor.float()
-    low, high = float(tensor.min()), float(tensor.max())
-    if low < -1.01 or high > 1.01:
-        raise ValueError(f"{where}: 'image' values must lie in [-1, 1] (project convention), found [{low:.3g}, {high:.3g}]")
-    return tensor
-
-
-class _DatasetImages(Dataset):
-    def __init__(self, dataset: Any, size: int | None):
-        self.dataset = dataset
-        self.size = size
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, index: int) -> torch.Tensor:
-        sample = self.dataset[index]
-        if not isinstance(sample, Mapping) or "image" not in sample:
-            keys = sorted(sample) if isinstance(sample, Mapping) else type(sample).__name__
-            raise ValueError(f"dataset sample {index} must be a dict with an 'image' key, got {keys}")
-        image = sample_image_to_chw(sample["image"], where=f"dataset sample {index}")
-        if self.size is not None and image.shape[-2:] != (self.size, self.size):
-            image = F.interpolate(image[None], size=(self.size, self.size), mode="bicubic",
-                                  align_corners=False, antialias=True)[0].clamp(-1, 1)
-        return image
-
-
-def dataset_node_from_config(config: Any, split: str, source: str = "config") -> Mapping:
-    """The dataset node for ``split`` in a data config (see the module docstring for the layouts)."""
-    node = config.get("data", config) if isinstance(config, Mapping) else None
-    if not isinstance(node, Mapping):
-        raise ValueError(f"{source}: expected a mapping with a dataset or a 'data' section")
-    params = node.get("params") or {}
-    splits = [k for k in SPLIT_NAMES if isinstance(params.get(k), Mapping)]
-    if splits:
-        if split not in splits:
-            raise ValueError(f"{source}: no '{split}' split in the data config; available splits: {', '.join(splits)}")
-        return params[split]
-    if "target" in node:
-        return node
-    raise ValueError(f"{source}: found neither a dataset 'target' nor splits ({', '.join(SPLIT_NAMES)})")
-
-
-def build_dataset(config_path: str | Path, split: str) -> Any:
-    from omegaconf import OmegaConf
-
-    from ldm.util import instantiate_from_config
-
-    path = Path(config_path)
-    if not path.is_file():
-        raise FileNotFoundError(f"dataset config not found: {path}")
-    node = dataset_node_from_config(OmegaConf.to_container(OmegaConf.load(path), resolve=True), split, str(path))
-    return instantiate_from_config(node, node=f"{path.name}:{split}")
-
-
-def dataset_batches(dataset: Any, *, batch_size: int, image_size: int | None = None,
-                    num_samples: int | None = None, num_workers: int = 0) -> Iterator[torch.Tensor]:
-    images = _DatasetImages(dataset, image_size)
-    if num_samples is not None and num_samples < len(images):
-        images = torch.utils.data.Subset(images, range(num_samples))
-    if len(images) == 0:
-        raise ValueError("the dataset split is empty")
-    loader = DataLoader(images, batch_size=batch_size, shuffle=False, num_workers=num_workers,
-                        collate_fn=_stack_images)
-    yield from loader
-
-
-# ----------------------------------------------------------------------------------------------
-# autoencoder
-# ----------------------------------------------------------------------------------------------
-def load_autoencoder(config_path: str | Path, ckpt_path: str | Path | None = None) -> torch.nn.Module:
-    """Build the first stage from its config (``model:`` section or the root node) and load weights.
-
-    The training loss (``lossconfig``) is replaced by an identity: it is not needed to reconstruct,
-    and building it would load LPIPS/discriminator weights. Its ``loss.*`` checkpoint keys are then
-    reported as unexpected, which is harmless.
-    """
-    from omegaconf import OmegaConf
-
-    from ldm.checkpoint import load_weights
-    from ldm.util import instantiate_from_config
-
-    path = Path(config_path)
-    if not path.is_file():
-        raise FileNotFoundError(f"autoencoder config not found: {path}")
-    config = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
-    node = config.get("model", config)
-    if not isinstance(node, Mapping) or "target" not in node:
-        raise ValueError(f"{path}: expected a 'model' section (or a root node) with a 'target'")
-    node = dict(node)
-    params = dict(node.get("params") or {})
-    if "lossconfig" in params:
-        params["lossconfig"] = {"target": "torch.nn.Identity"}
-    node["params"] = params
-    model = instantiate_from_config(node, node="model")
-    if ckpt_path is not None:
-        load_weights(model, ckpt_path)
-    elif not params.get("ckpt_path"):
-        print(f"warning: no --autoencoder-ckpt and no ckpt_path in {path}: evaluating freshly initialised weights",
-              file=sys.stderr)
-    return model.eval()
-
-
-# ----------------------------------------------------------------------------------------------
-# command
-# ----------------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m ldm.cli.evaluate",
@@ -325,6 +149,7 @@ def evaluate_generated(args: argparse.Namespace) -> dict:
 
 
 def evaluate_reconstructions(args: argparse.Namespace) -> dict:
+    from ldm.cli.first_stage import load_first_stage
     from ldm.eval.features import build_feature_extractor
     from ldm.eval.reconstruction import build_lpips, evaluate_autoencoder
 
@@ -337,7 +162,7 @@ def evaluate_reconstructions(args: argparse.Namespace) -> dict:
     extractor = build_feature_extractor(args.feature_extractor, allow_download=args.download_weights) \
         if "rfid" in metrics else None
     lpips_model = build_lpips(args.lpips_backbone, args.lpips_weights, seed=args.seed) if "lpips" in metrics else None
-    model = load_autoencoder(args.autoencoder_config, args.autoencoder_ckpt)
+    model = load_first_stage(args.autoencoder_config, args.autoencoder_ckpt)[0]
     description, batches = reference
     values = evaluate_autoencoder(model, batches(), metrics, feature_extractor=extractor, lpips_model=lpips_model,
                                   device=args.device, max_samples=args.num_samples)
@@ -404,12 +229,9 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    try:
-        run(argv)
-    except _user_errors() as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    return 0
+    from ldm.cli.errors import run_reporting_errors
+
+    return run_reporting_errors(run, argv, _user_errors())
 
 
 if __name__ == "__main__":

@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
+from ldm.cli.logdir import run_dir_of_checkpoint
+
 #: sub-model configs whose ``params.ckpt_path`` the full checkpoint supersedes
 SUB_MODEL_CONFIGS = ("first_stage_config", "cond_stage_config", "unet_config")
 
@@ -69,7 +71,7 @@ def resolve_source(run: str | None = None, ckpt: str | None = None,
         if not path.exists():
             raise SampleError(f"--run: {run} does not exist (expected a run directory such as logs/<ts>_<name>)")
         if path.is_file():
-            run_dir = next((p.parent for p in path.resolve().parents if p.name == "checkpoints"), None)
+            run_dir = run_dir_of_checkpoint(path)
             if run_dir is None:
                 raise SampleError(f"--run: {run} is a file outside a run's checkpoints/ folder; "
                                   "use --ckpt and --config")

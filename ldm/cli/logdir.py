@@ -47,15 +47,19 @@ class RunPaths:
         return self.logdir / "images"
 
 
+def run_dir_of_checkpoint(path: str | Path) -> Path | None:
+    """``<run>/checkpoints/[sub/]<file>.ckpt`` -> ``<run>`` (resolved); None outside a ``checkpoints/`` folder."""
+    return next((p.parent for p in Path(path).resolve().parents if p.name == "checkpoints"), None)
+
+
 def _run_from_resume(resume: str) -> tuple[Path, Path]:
     path = Path(resume)
     if not path.exists():
         raise CLIError(f"-r/--resume: cannot find {resume}")
     if path.is_file():
-        # <run>/checkpoints/[sub/]<file>.ckpt -> <run>
-        for parent in path.resolve().parents:
-            if parent.name == "checkpoints":
-                return parent.parent, path
+        run_dir = run_dir_of_checkpoint(path)
+        if run_dir is not None:
+            return run_dir, path
         raise CLIError(
             f"-r/--resume: {resume} is not inside a run's checkpoints/ folder; pass the run directory, "
             "or start a new run from these weights with --init-from"

@@ -168,15 +168,11 @@ def ldm_config_for(kind: str, out: Path) -> Path:
 
 def load_autoencoder(checkpoint: Path):
     """The quick-start autoencoder with the weights of ``checkpoint`` (for ``--ae-ckpt``)."""
-    from omegaconf import OmegaConf
-
-    from ldm.util import instantiate_from_config
+    from ldm.cli.first_stage import load_first_stage
 
     if not checkpoint.is_file():
         raise SystemExit(f"quickstart: --ae-ckpt {checkpoint} does not exist")
-    config = OmegaConf.load(AUTOENCODER_CONFIG).model
-    config.params.ckpt_path = str(checkpoint)
-    return instantiate_from_config(config, node="model")
+    return load_first_stage(AUTOENCODER_CONFIG, checkpoint)[0]
 
 
 # -- driver ------------------------------------------------------------------------------------------

@@ -310,6 +310,7 @@ def main(argv: Sequence[str] | None = None) -> RunResult:
 
 
 def _fail(err: BaseException) -> None:
-    message = " ".join(str(err).split())
-    print(f"main.py: error: {message}", file=sys.stderr)
-    raise SystemExit(2) from None
+    from ldm.cli.errors import USAGE_ERROR, error_line
+
+    print(error_line(err, "main.py"), file=sys.stderr)
+    raise SystemExit(USAGE_ERROR) from None

@@ -24,9 +24,9 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 from torch.utils.data._utils.collate import default_collate
 
+from ldm.data.dataset_config import SPLITS
 from ldm.util import instantiate_from_config
 
-SPLITS = ("train", "validation", "test", "predict")
 _STAGE_SPLITS = {"fit": ("train", "validation"), "validate": ("validation",), "test": ("test",),
                  "predict": ("predict",), None: SPLITS}
 

@@ -17,7 +17,8 @@ import os
 from typing import Any, Sequence
 
 from ldm.data.captions import load_caption_table, lookup_caption, read_sidecar_caption
-from ldm.data.image_ops import ImagePreprocessor, is_image_file, load_image, to_tensor
+from ldm.data.image_files import is_image_file
+from ldm.data.image_ops import ImagePreprocessor, load_image, to_tensor
 from ldm.data.robust import SkippingDataset
 
 DATA_DIR_ENV = "LDM_DATA_DIR"

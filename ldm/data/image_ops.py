@@ -18,8 +18,6 @@ import numpy as np
 import torch
 from PIL import Image
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff", ".ppm", ".npy")
-
 # Errors that mean "this file cannot be decoded", as opposed to bugs in our code.
 UNREADABLE_ERRORS: tuple[type[BaseException], ...] = (
     OSError,  # includes FileNotFoundError and PIL.UnidentifiedImageError, truncated files
@@ -41,10 +39,6 @@ INTERPOLATIONS = {
     "area": Image.Resampling.BOX,
     "hamming": Image.Resampling.HAMMING,
 }
-
-
-def is_image_file(path: str) -> bool:
-    return path.lower().endswith(IMAGE_EXTENSIONS)
 
 
 def _array_to_pil(array: np.ndarray) -> Image.Image:

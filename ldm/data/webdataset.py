@@ -31,10 +31,9 @@ import torch
 from PIL import Image
 from torch.utils.data import IterableDataset, get_worker_info
 
+from ldm.data.image_files import WEBDATASET_IMAGE_KEYS
 from ldm.data.image_ops import UNREADABLE_ERRORS, ImagePreprocessor, decode_image, to_tensor
 from ldm.data.robust import CorruptImageError, CorruptImageWarning, SkipCounter, SkipReporting
-
-IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "bmp")
 
 
 def expand_urls(urls: str | Sequence[str]) -> list[str] | str:
@@ -131,9 +130,10 @@ class WebImageDataset(SkipReporting, IterableDataset):
 
     def decode(self, raw: dict[str, Any]) -> dict[str, Any]:
         name = f"{raw.get('__url__', '?')}:{raw.get('__key__', '?')}"
-        image_key = next((k for k in IMAGE_EXTENSIONS if k in raw), None)
+        image_key = next((k for k in WEBDATASET_IMAGE_KEYS if k in raw), None)
         if image_key is None:
-            raise ValueError(f"sample {name} has no image entry (looked for {IMAGE_EXTENSIONS}; has {sorted(raw)})")
+            raise ValueError(f"sample {name} has no image entry (looked for {WEBDATASET_IMAGE_KEYS}; "
+                             f"has {sorted(raw)})")
         sample: dict[str, Any] = {"image": to_tensor(self.preprocess(decode_image(raw[image_key]))),
                                   "__key__": raw.get("__key__")}
         meta = json.loads(raw["json"]) if "json" in raw else None

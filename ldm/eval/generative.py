@@ -20,11 +20,11 @@ import contextlib
 import warnings
 from typing import Iterable
 
-import torch
 from torch import Tensor, nn
 
 from ldm.eval.features import FeatureBatch
 from ldm.eval.precision_recall import precision_recall
+from ldm.util import seeded_cpu_rng
 
 GENERATIVE_METRICS = ("fid", "kid", "is", "pr")
 
@@ -71,8 +71,7 @@ def kernel_distance(real: Tensor, fake: Tensor, *, subsets: int = 100, subset_si
                                          subset_size=size)
     metric.update(real.double(), real=True)
     metric.update(fake.double(), real=False)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+    with seeded_cpu_rng(seed):
         mean, std = metric.compute()
     return float(mean), float(std)
 
@@ -88,8 +87,7 @@ def inception_score(logits: Tensor, *, splits: int = 10, seed: int = 0) -> tuple
     with _features_kept_in_memory():
         metric = InceptionScore(feature=_PrecomputedFeatures(logits.shape[1]), splits=min(splits, logits.shape[0]))
     metric.update(logits.double())
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+    with seeded_cpu_rng(seed):
         mean, std = metric.compute()
     return float(mean), float(std)
 

@@ -20,6 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from ldm.eval.features import ImageFeatureExtractor
+from ldm.util import seeded_cpu_rng
 
 RECONSTRUCTION_METRICS = ("psnr", "ssim", "lpips", "rfid")
 DATA_RANGE = 2.0  # images live in [-1, 1]
@@ -59,8 +60,7 @@ def build_lpips(backbone: str = "vgg", weights_path: str | None = None, seed: in
     from ldm.modules.losses.lpips import LPIPSLoss, LPIPSWeightsError
 
     try:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
+        with seeded_cpu_rng(seed):
             model = LPIPSLoss(backbone=backbone, weights_path=weights_path)
     except LPIPSWeightsError as err:
         raise LPIPSWeightsError(f"{err}\nWith python -m ldm.cli.evaluate: --lpips-weights /path/to/vgg16-397923af.pth, "

@@ -123,24 +123,10 @@ def sample_euler_ancestral(denoiser, x, sigmas, cond=None, *, eta: float = 1.0, 
 def sample_dpmpp_2m(denoiser, x, sigmas, cond=None, *, generator=None, callback: Callable | None = None):
     """DPM-Solver++(2M) (Lu et al. 2022, "DPM-Solver++", Alg. 2) in ``t = -log sigma`` (= log-SNR):
     ``x' = (sigma'/sigma) x - expm1(-h) D_i`` with ``h = t' - t``, ``D_i = (1 + 1/(2r)) x0_i - 1/(2r) x0_{i-1}``,
-    ``r = h_{i-1}/h``; 1st order (DDIM) on the first step and on the step to ``sigma = 0``."""
-    s = _floats(sigmas)
-    old_denoised, h_last = None, None
-    for i in range(len(s) - 1):
-        denoised = _call(denoiser, x, s[i], cond)
-        if s[i + 1] == 0.0:
-            x = denoised
-        else:
-            h = math.log(s[i]) - math.log(s[i + 1])
-            d = denoised
-            if old_denoised is not None:
-                half_inv_r = h / (2.0 * h_last)
-                d = (1.0 + half_inv_r) * denoised - half_inv_r * old_denoised
-            x = (s[i + 1] / s[i]) * x - math.expm1(-h) * d
-            h_last = h
-        old_denoised = denoised
-        x = _after_step(callback, i, s[i], x, denoised)
-    return x
+    ``r = h_{i-1}/h``; 1st order (DDIM) on the first step and on the step to ``sigma = 0``. Expanding
+    ``D_i`` gives ``x' = (sigma'/sigma) x + g x0_i + (g / 2r) (x0_i - x0_{i-1})``, ``g = -expm1(-h)``:
+    :func:`sample_dpmpp_2m_sde` with ``eta = 0``, which is what runs."""
+    return sample_dpmpp_2m_sde(denoiser, x, sigmas, cond, eta=0.0, generator=generator, callback=callback)
 
 
 @torch.no_grad()

@@ -87,9 +87,7 @@ class FrozenCLIPEmbedder(Conditioner):
                                "directory holding the model (config.json, weights) and tokenizer files") from err
 
     def freeze(self) -> None:
-        self.transformer.eval()
-        for p in self.transformer.parameters():
-            p.requires_grad_(False)
+        self.transformer.eval().requires_grad_(False)
 
     def train(self, mode: bool = True):
         super().train(mode)

@@ -71,9 +71,7 @@ class FrozenOpenCLIPEmbedder(Conditioner):
         return tokenizer
 
     def freeze(self) -> None:
-        self.model.eval()
-        for p in self.model.parameters():
-            p.requires_grad_(False)
+        self.model.eval().requires_grad_(False)
 
     def train(self, mode: bool = True):
         super().train(mode)
