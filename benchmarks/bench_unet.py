@@ -18,8 +18,17 @@ import torch
 import torch.nn.functional as F
 
 import ldm.modules.attention as attention_module
-from benchmarks.common import (PRECISION_NAMES, PeakMemory, autocast, count_flops, describe_device, matmul_peak_flops,
-                               naive_attention, set_checkpointing, time_call)
+from benchmarks.common import (
+    PRECISION_NAMES,
+    PeakMemory,
+    autocast,
+    count_flops,
+    describe_device,
+    matmul_peak_flops,
+    naive_attention,
+    set_checkpointing,
+    time_call,
+)
 from ldm.modules.unet import UNetModel
 from ldm.optim import build_optimizer
 

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import os
 import pickle
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Mapping
 
 import torch
 

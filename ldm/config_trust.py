@@ -19,9 +19,10 @@ from __future__ import annotations
 
 import argparse
 import os
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
-from typing import Any, Iterable, Iterator, Mapping
+from typing import Any
 
 from ldm.util import ConfigError
 

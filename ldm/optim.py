@@ -16,9 +16,9 @@ Unless the config sets ``fused`` or ``foreach`` itself, :func:`build_optimizer` 
 """
 from __future__ import annotations
 
-from collections.abc import Mapping
 import inspect
-from typing import Any, Iterable
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 import torch
 

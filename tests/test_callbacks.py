@@ -14,7 +14,6 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from cli_fixtures import TinyData, TinyModule, tiny_config, write_yaml  # noqa: E402
-
 from ldm.callbacks import CUDACallback, EmergencyCheckpoint, ImageLogger, SetupCallback  # noqa: E402
 from ldm.cli.components import build_callbacks, build_logger, build_model_checkpoint  # noqa: E402
 from ldm.cli.config import CLIError  # noqa: E402

@@ -11,7 +11,6 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from cli_fixtures import REPO_ROOT, TinyModule, subprocess_env, tiny_config, write_yaml  # noqa: E402
-
 from ldm.cli.args import TRAINER_FLAGS, parse_args, trainer_overrides  # noqa: E402
 from ldm.cli.config import CLIError, build_trainer_kwargs, merge_configs, parse_gpus  # noqa: E402
 from ldm.cli.logdir import resolve_run_paths  # noqa: E402

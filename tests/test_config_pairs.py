@@ -10,10 +10,9 @@ from omegaconf import OmegaConf
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import ldm.util  # noqa: F401  (registers the num_class_folders resolver)
 from cli_fixtures import REPO_ROOT
 from doc_commands import write_class_folders
-
-import ldm.util  # noqa: F401  (registers the num_class_folders resolver)
 
 LDM_CONFIGS = sorted((REPO_ROOT / "configs" / "ldm").glob("*.yaml"))
 CUSTOM = REPO_ROOT / "configs" / "custom"

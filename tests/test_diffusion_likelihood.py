@@ -5,8 +5,16 @@ import pytest
 import torch
 
 from ldm.diffusion import (
-    DiffusionSchedule, bits_per_dim, discretized_gaussian_log_likelihood, elbo_mse_weights, normal_kl,
-    p_mean_variance, prior_bpd, q_sample, training_target, vlb_terms,
+    DiffusionSchedule,
+    bits_per_dim,
+    discretized_gaussian_log_likelihood,
+    elbo_mse_weights,
+    normal_kl,
+    p_mean_variance,
+    prior_bpd,
+    q_sample,
+    training_target,
+    vlb_terms,
 )
 
 SCHED = DiffusionSchedule.from_config("linear", 100, 1e-3, 5e-2)

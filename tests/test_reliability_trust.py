@@ -12,7 +12,6 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from cli_fixtures import REPO_ROOT, subprocess_env, write_yaml  # noqa: E402
-
 from ldm.config_trust import UntrustedTargetError, restricted_targets  # noqa: E402
 from ldm.util import instantiate_from_config  # noqa: E402
 

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 _TRUE = {"yes", "true", "t", "y", "1", "on"}
 _FALSE = {"no", "false", "f", "n", "0", "off"}
@@ -52,7 +53,7 @@ class OptionalBool(argparse.Action):
         setattr(namespace, self.dest, True)
         leftovers = getattr(namespace, "_leftovers", None) or []
         leftovers.append(values)
-        setattr(namespace, "_leftovers", leftovers)
+        namespace._leftovers = leftovers
 
 
 def int_or_float(value: str) -> int | float:

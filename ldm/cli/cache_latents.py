@@ -17,8 +17,9 @@ from __future__ import annotations
 import argparse
 import copy
 import sys
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import torch
 

@@ -14,9 +14,10 @@ original files need not exist on the sampling machine.
 from __future__ import annotations
 
 import glob
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 #: sub-model configs whose ``params.ckpt_path`` the full checkpoint supersedes
 SUB_MODEL_CONFIGS = ("first_stage_config", "cond_stage_config", "unet_config")

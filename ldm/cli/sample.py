@@ -28,10 +28,11 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from collections.abc import Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from ldm.cli.load_model import SampleError
 
@@ -255,9 +256,16 @@ def run(argv: Sequence[str] | None = None) -> SampleResult:
     from ldm.cli.load_model import load_model
     from ldm.cli.sampling_draw import build_sampler, draw_batch, sampler_settings
     from ldm.cli.sampling_io import SampleWriter, load_image, load_mask
-    from ldm.cli.sampling_model import (conditioning_kind, describe, downsample_mask, encode_images,
-                                        first_stage_factor, grid_rows, image_channels, latent_shape)
-
+    from ldm.cli.sampling_model import (
+        conditioning_kind,
+        describe,
+        downsample_mask,
+        encode_images,
+        first_stage_factor,
+        grid_rows,
+        image_channels,
+        latent_shape,
+    )
     from ldm.config_trust import trust_policy
 
     with trust_policy(args.trust_config, args.allow_target, source=args.run or " ".join(args.config) or "the config"):

@@ -22,8 +22,15 @@ from typing import Any
 
 import torch
 
-from ldm.convert.diffusers_keys import (hf_to_open_clip, open_clip_to_hf, reshape_for, strip_text_model,
-                                        unet_key_map, vae_key_map, with_prefix_of)
+from ldm.convert.diffusers_keys import (
+    hf_to_open_clip,
+    open_clip_to_hf,
+    reshape_for,
+    strip_text_model,
+    unet_key_map,
+    vae_key_map,
+    with_prefix_of,
+)
 
 OPEN_CLIP_EXTRA = "ldm_open_clip_extra.safetensors"
 PREDICTION_TYPES = {"eps": "epsilon", "v": "v_prediction", "x0": "sample"}

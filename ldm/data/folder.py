@@ -14,7 +14,8 @@ Samples: ``image`` float ``3×H×W`` in [-1, 1], ``file_path_``, ``relpath``, an
 from __future__ import annotations
 
 import os
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from ldm.data.captions import load_caption_table, lookup_caption, read_sidecar_caption
 from ldm.data.image_ops import ImagePreprocessor, is_image_file, load_image, to_tensor

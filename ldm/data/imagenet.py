@@ -24,7 +24,8 @@ from __future__ import annotations
 
 import os
 import random
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from PIL import Image
 

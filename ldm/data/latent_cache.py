@@ -38,8 +38,9 @@ import hashlib
 import json
 import os
 import random
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 import numpy as np
 import torch
@@ -89,7 +90,7 @@ def state_dict_sha256(state: nn.Module | Mapping[str, torch.Tensor],
             continue
         tensor = value.detach().to("cpu").contiguous().reshape(-1)
         digest.update(key.encode("utf-8"))
-        digest.update(f"{tensor.dtype}{tuple(value.shape)}".encode("utf-8"))
+        digest.update(f"{tensor.dtype}{tuple(value.shape)}".encode())
         digest.update(tensor.view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
 

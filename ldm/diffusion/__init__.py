@@ -6,7 +6,6 @@ from .gaussian import (
     log_snr,
     output_from_x0_eps,
     posterior_coefficients,
-    x0_eps_from_output,
     predict_eps_from_v,
     predict_eps_from_x0,
     predict_v,
@@ -17,8 +16,9 @@ from .gaussian import (
     q_sample_at,
     sigma_ve,
     to_x0_eps,
-    vp_from_sigma_ve,
     training_target,
+    vp_from_sigma_ve,
+    x0_eps_from_output,
 )
 from .likelihood import (
     bits_per_dim,

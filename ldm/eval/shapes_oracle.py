@@ -15,8 +15,8 @@ Nothing is learned, so the score is deterministic and identical across machines.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from functools import lru_cache
-from typing import Sequence
 
 import numpy as np
 import torch

@@ -28,8 +28,9 @@ reported; ``max_nonfinite_steps`` bad steps in a row stop training (the guard of
 """
 from __future__ import annotations
 
+from collections.abc import Iterable
 from contextlib import contextmanager
-from typing import Any, Iterable
+from typing import Any
 
 import lightning as L
 import numpy as np

@@ -22,19 +22,33 @@ from __future__ import annotations
 
 import dataclasses
 import warnings
+from collections.abc import Mapping, Sequence
 from contextlib import contextmanager
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import lightning as L
 import torch
 from torch import nn
 
-from ldm.diffusion import (DiffusionSchedule, check_parameterization, elbo_mse_weights, q_sample,
-                           split_variance_output, training_target)
+from ldm.diffusion import (
+    DiffusionSchedule,
+    check_parameterization,
+    elbo_mse_weights,
+    q_sample,
+    split_variance_output,
+    training_target,
+)
 from ldm.diffusion.reverse import check_variance_type
 from ldm.models.conditioning import DiffusionWrapper, as_condition_dict, check_conditioning_key
-from ldm.models.diffusion_loss import (LOSS_TYPES, elementwise_loss, hybrid_vlb_term, min_snr_weight, offset_noise,
-                                       per_sample_mean, snr_at)
+from ldm.models.diffusion_loss import (
+    LOSS_TYPES,
+    elementwise_loss,
+    hybrid_vlb_term,
+    min_snr_weight,
+    offset_noise,
+    per_sample_mean,
+    snr_at,
+)
 from ldm.models.diffusion_state_dict import ema_shadow_names, prepare_state_dict
 from ldm.optim import build_lr_scheduler, build_optimizer
 

@@ -14,7 +14,7 @@ and :func:`ldm.checkpoint.load_weights` all behave the same):
 """
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 STALE_BUFFERS = ("ddim_sigmas", "ddim_alphas", "ddim_alphas_prev", "ddim_sqrt_one_minus_alphas")
 EMA_PREFIX = "model_ema."

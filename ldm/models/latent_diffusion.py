@@ -20,7 +20,8 @@ original (``encode`` if present, else ``forward``). ``conditioning_key`` routes 
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -201,7 +202,7 @@ class LatentDiffusion(DDPM):
         else:  # a plain module with the original encode(): posterior or tensor
             enc = first.encode(x)
             mean = enc.mean if hasattr(enc, "mean") and isinstance(enc.mean, torch.Tensor) else enc
-            std = enc.std if hasattr(enc, "std") and isinstance(getattr(enc, "std"), torch.Tensor) else torch.zeros_like(mean)
+            std = enc.std if hasattr(enc, "std") and isinstance(enc.std, torch.Tensor) else torch.zeros_like(mean)
         return mean.float(), std.float()
 
     @torch.no_grad()

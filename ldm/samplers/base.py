@@ -13,7 +13,8 @@ above 0 (the original DDIM convention) and ``1`` (the clean x0 estimate) when it
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from tqdm.auto import tqdm

@@ -12,7 +12,7 @@ device), one ``randn`` of ``x``'s shape per noisy step.
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 

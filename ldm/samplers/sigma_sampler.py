@@ -13,7 +13,7 @@ The samples come back at sigma = 0, where both views agree.
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from tqdm.auto import tqdm

@@ -5,7 +5,7 @@ The encoder outputs ``2c`` channels: mean and log-variance. The KL regulariser (
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -33,7 +33,7 @@ class DiagonalGaussianDistribution:
     def mode(self) -> torch.Tensor:
         return self.mean
 
-    def kl(self, other: "DiagonalGaussianDistribution | None" = None, dims: Sequence[int] = (1, 2, 3)) -> torch.Tensor:
+    def kl(self, other: DiagonalGaussianDistribution | None = None, dims: Sequence[int] = (1, 2, 3)) -> torch.Tensor:
         """KL(self || other) per sample; ``other=None`` is the standard normal N(0, I)."""
         if self.deterministic:
             return torch.zeros(self.mean.shape[0], device=self.mean.device, dtype=self.mean.dtype)

@@ -152,7 +152,7 @@ class LPIPSLoss(nn.Module):
         self.requires_grad_(False)
         self.eval()
 
-    def train(self, mode: bool = True) -> "LPIPSLoss":
+    def train(self, mode: bool = True) -> LPIPSLoss:
         return super().train(False)  # a fixed metric: dropout in the linear heads stays off
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
