@@ -2,8 +2,8 @@
 
 The naive path is the original's recipe, reproduced here on the same UNet weights: einsum attention,
 gradient checkpointing forced on in every block, fp32. Each row is a full train step (forward, MSE
-loss in fp32, backward, AdamW step: fused for ours, PyTorch's default for naive). MFU = model FLOPs per second (``torch.utils.flop_counter``) /
-the measured matmul peak of the precision the step runs in.
+loss in fp32, backward, AdamW step: fused for ours, PyTorch's default for naive). MFU = model FLOPs per
+second (``torch.utils.flop_counter``) / the measured matmul peak of the precision the step runs in.
 
     python benchmarks/bench_unet.py --model celebahq-f4 --batch 1 --steps 3
     python benchmarks/bench_unet.py --model celebahq-f4 --device cuda --batch 32 --modes fp32,bf16,bf16-compiled
@@ -141,7 +141,8 @@ def main(argv=None):
     print("|---|---|---|---|---|---|")
     for mode, seconds, ips, mfu, mem in rows:
         ratio = f"{naive_seconds / seconds:.2f}x" if naive_seconds else "-"
-        print(f"| {mode} | {seconds:.3f} | {ips:.2f} | {mfu * 100:.1f}% | {ratio} | {mem if mem is None else f'{mem:.0f}'} |")
+        memory = mem if mem is None else f"{mem:.0f}"
+        print(f"| {mode} | {seconds:.3f} | {ips:.2f} | {mfu * 100:.1f}% | {ratio} | {memory} |")
 
 
 if __name__ == "__main__":

@@ -164,5 +164,6 @@ def load_weights(
     if strict and (report.missing or report.unexpected):
         raise ValueError(f"strict loading failed for {type(module).__name__}:\n{report}")
     if verbose:
-        print(f"[{type(module).__name__}] initialised from {source if not isinstance(source, Mapping) else 'state dict'}\n{report}")
+        origin = source if not isinstance(source, Mapping) else "state dict"
+        print(f"[{type(module).__name__}] initialised from {origin}\n{report}")
     return report

@@ -4,7 +4,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 # the test helpers' modules, named in the configs of runs the tests resume (see ldm/config_trust.py)
-os.environ.setdefault("LDM_ALLOW_TARGETS", "cli_fixtures,test_e2e_resume,test_callbacks,test_checkpoint_io,test_ddp_stages")
+os.environ.setdefault("LDM_ALLOW_TARGETS",
+                      "cli_fixtures,test_e2e_resume,test_callbacks,test_checkpoint_io,test_ddp_stages")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402

@@ -70,7 +70,8 @@ def test_trainer_flags_are_typed_and_unknown_arguments_rejected():
 
 # -- config merging ------------------------------------------------------------------------
 def test_configs_merge_left_to_right_then_overrides(tmp_path):
-    first = write_yaml(tmp_path / "a.yaml", {"model": {"target": "x.A", "params": {"width": 1, "depth": 2, "mult": [1, 2]}},
+    first = write_yaml(tmp_path / "a.yaml", {"model": {"target": "x.A",
+                                                       "params": {"width": 1, "depth": 2, "mult": [1, 2]}},
                                              "lightning": {"trainer": {"max_steps": 5}}})
     second = write_yaml(tmp_path / "b.yaml", {"model": {"params": {"width": 4, "mult": [3]}}})
     merged = merge_configs([first, second], ["model.params.depth=9", "data.params.batch_size=16"])

@@ -70,7 +70,8 @@ class DumpRank(L.Callback):
 
 def _dump_overrides(out_dir: Path, tag: str = "run") -> list[str]:
     return ["lightning.callbacks.rank_dump.target=test_ddp_stages.DumpRank",
-            f"lightning.callbacks.rank_dump.params.out_dir={out_dir}", f"lightning.callbacks.rank_dump.params.tag={tag}"]
+            f"lightning.callbacks.rank_dump.params.out_dir={out_dir}",
+            f"lightning.callbacks.rank_dump.params.tag={tag}"]
 
 
 def _env() -> dict:

@@ -40,7 +40,8 @@ def shrunk_copies(tmp_path: Path, images: Path) -> None:
                                                        "perceptual_backbone": "random"}}}},
         "data": {"params": TINY_DATA}, "lightning": TINY_LIGHTNING})
     ldm = OmegaConf.merge(OmegaConf.load(REPO_ROOT / STAGE2), {
-        "model": {"params": {"image_size": 4, "first_stage_config": {"params": {"n_embed": 16, "ddconfig": TINY_DDCONFIG}},
+        "model": {"params": {"image_size": 4,
+                             "first_stage_config": {"params": {"n_embed": 16, "ddconfig": TINY_DDCONFIG}},
                              "unet_config": {"params": {"image_size": 4, "model_channels": 32, "channel_mult": [1, 2],
                                                         "attention_resolutions": [2], "num_res_blocks": 1}}}},
         "data": {"params": TINY_DATA}, "lightning": TINY_LIGHTNING})

@@ -178,10 +178,12 @@ def build_parser() -> argparse.ArgumentParser:
                           "(-b a.yaml -b b.yaml is -b a.yaml b.yaml)")
     run.add_argument("--allow-unknown-keys", "--allow_unknown_keys", dest="allow_unknown_keys", action="store_true",
                      help="report unknown config keys as notes instead of errors (deliberate extras)")
-    run.add_argument("-t", "--train", action=OptionalBool, default=False, help="train the model (trainer.fit); without -t only the test split is run")
+    run.add_argument("-t", "--train", action=OptionalBool, default=False,
+                     help="train the model (trainer.fit); without -t only the test split is run")
     run.add_argument("--no-test", "--no_test", dest="no_test", action=OptionalBool, default=False,
                      help="do not run the test split after training")
-    run.add_argument("-p", "--project", type=str, default=None, help="wandb project the run is logged to (with --logger wandb)")
+    run.add_argument("-p", "--project", type=str, default=None,
+                     help="wandb project the run is logged to (with --logger wandb)")
     run.add_argument("-d", "--debug", action=OptionalBool, default=False,
                      help="debug run: no checkpoint on exceptions; the log dir is moved to <logdir>/debug_runs")
     run.add_argument("-s", "--seed", type=int, default=23, help="seed for seed_everything (workers too)")

@@ -110,7 +110,8 @@ def sample_image_to_chw(image: Any, where: str = "sample") -> torch.Tensor:
     tensor = tensor.float()
     low, high = float(tensor.min()), float(tensor.max())
     if low < -1.01 or high > 1.01:
-        raise ValueError(f"{where}: 'image' values must lie in [-1, 1] (project convention), found [{low:.3g}, {high:.3g}]")
+        raise ValueError(f"{where}: 'image' values must lie in [-1, 1] (project convention), "
+                         f"found [{low:.3g}, {high:.3g}]")
     return tensor
 
 
@@ -222,7 +223,8 @@ def build_parser() -> argparse.ArgumentParser:
     ref = parser.add_mutually_exclusive_group()
     ref.add_argument("--reference", help="folder of reference images (searched recursively)")
     ref.add_argument("--reference-config", help="data config (YAML) whose dataset yields dict samples with 'image'")
-    parser.add_argument("--split", default="validation", help="dataset split of --reference-config (default: validation)")
+    parser.add_argument("--split", default="validation",
+                        help="dataset split of --reference-config (default: validation)")
     parser.add_argument("--metrics", default=None,
                         help=f"comma list; generated images: {','.join(GENERATIVE_METRICS)} (default all); "
                              f"autoencoder: {','.join(RECONSTRUCTION_METRICS)} (default all)")
@@ -333,7 +335,8 @@ def evaluate_reconstructions(args: argparse.Namespace) -> dict:
         raise ValueError("--generated is not used with --autoencoder-config (reconstructions are made from the data)")
     reference = _reference_source(args, config_fallback=_config_with_data(args.autoencoder_config))
     if reference is None:
-        raise ValueError("reconstruction metrics need data: pass --reference-config data.yaml [--split S] or --reference DIR")
+        raise ValueError("reconstruction metrics need data: pass --reference-config data.yaml [--split S] "
+                         "or --reference DIR")
     extractor = build_feature_extractor(args.feature_extractor, allow_download=args.download_weights) \
         if "rfid" in metrics else None
     lpips_model = build_lpips(args.lpips_backbone, args.lpips_weights, seed=args.seed) if "lpips" in metrics else None

@@ -273,8 +273,9 @@ def run(argv: Sequence[str] | None = None) -> SampleResult:
                             trust_checkpoint=args.unsafe_load)
     model = loaded.model
     if not callable(getattr(model, "run_sampler", None)):
-        raise SampleError(f"{args.run or args.ckpt} holds a {type(model).__name__}, not a diffusion model: sample draws "
-                          "from DDPM / LatentDiffusion runs. For an autoencoder, check its reconstructions with "
+        raise SampleError(f"{args.run or args.ckpt} holds a {type(model).__name__}, not a diffusion model: "
+                          "sample draws from DDPM / LatentDiffusion runs. For an autoencoder, check its "
+                          "reconstructions with "
                           "python -m ldm.cli.evaluate --autoencoder-config ... --autoencoder-ckpt ...")
     for note in loaded.notes:
         print(f"note: {note}")
@@ -356,13 +357,15 @@ def run(argv: Sequence[str] | None = None) -> SampleResult:
                                      "checkpoint": str(loaded.checkpoint),
                                      "configs": [str(c) for c in loaded.config_files],
                                      "conditioning": describe(model)},
-        "sampler": settings.name, "sigmas": getattr(sampler, "sigma_schedule", None), "steps": settings.steps, "steps_run": sampler.num_steps, "eta": settings.eta,
+        "sampler": settings.name, "sigmas": getattr(sampler, "sigma_schedule", None), "steps": settings.steps,
+        "steps_run": sampler.num_steps, "eta": settings.eta,
         "scale": scale, "rescale": args.rescale, "seed": args.seed, "n_samples": args.n_samples,
         "batch_size": args.batch_size, "H": height, "W": width, "latent_shape": list(shape), "ema": use_ema,
         "device": str(device), "conditions": conditions if kind != "none" else [],
         "strength": getattr(args, "strength", None), "init_img": getattr(args, "init_img", None),
         "mask": getattr(args, "mask", None), "input": getattr(args, "input", None),
-        "negative_prompt": negative, "concat_inputs": sorted(spatial_raw) if spatial else [], "paste_known": None if args.mode != "inpaint" else not args.no_paste,
+        "negative_prompt": negative, "concat_inputs": sorted(spatial_raw) if spatial else [],
+        "paste_known": None if args.mode != "inpaint" else not args.no_paste,
         "seconds": round(seconds, 3), "seconds_per_image": round(seconds / max(1, len(items)), 4),
     }
     settings_path, record = writer.write_settings(record, items if kind != "none" else [None] * len(items))

@@ -79,7 +79,8 @@ def has_step(model: Any, name: str) -> bool:
 
 
 # -- learning rate -------------------------------------------------------------------------
-def configure_learning_rate(model: Any, config: Mapping, trainer: Any, scale_lr: bool) -> tuple[float | None, float | None]:
+def configure_learning_rate(model: Any, config: Mapping, trainer: Any,
+                            scale_lr: bool) -> tuple[float | None, float | None]:
     """Set ``model.learning_rate`` from ``model.base_learning_rate``; print base and effective LR.
 
     With ``--scale_lr`` the original rule applies: effective = accumulate_grad_batches x devices x

@@ -124,7 +124,8 @@ def unet_to_diffusers(unet):
 def vae_config(first_stage, scale_factor: float) -> dict[str, Any]:
     enc, dec = first_stage.encoder, first_stage.decoder
     if any(len(stage.attn) for stage in list(enc.down) + list(dec.up)):
-        raise ConversionError("diffusers' AutoencoderKL has no attention inside the levels: attn_resolutions must be []")
+        raise ConversionError("diffusers' AutoencoderKL has no attention inside the levels: "
+                              "attn_resolutions must be []")
     if first_stage.embed_dim != dec.z_shape[1]:
         raise ConversionError(f"diffusers' AutoencoderKL needs embed_dim == z_channels "
                               f"({first_stage.embed_dim} vs {dec.z_shape[1]})")

@@ -120,7 +120,8 @@ class ImageFolderDataset(SkippingDataset):
                 raise self._missing("image folder", root, hint)
             relpaths = scan_images(root, recursive=recursive)
         else:
-            raise ValueError(f"{self.dataset_name}: give `root` (a folder of images), `file_list` (+ `data_root`) or `paths`")
+            raise ValueError(f"{self.dataset_name}: give `root` (a folder of images), `file_list` (+ `data_root`) "
+                             "or `paths`")
         if not relpaths:
             where = file_list or root
             raise FileNotFoundError(f"{self.dataset_name}: no images found in {os.path.abspath(where)}. {hint}".strip())

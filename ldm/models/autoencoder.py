@@ -13,8 +13,9 @@ Training minimises LDM Eq. (25) with Lightning 2 manual optimisation: one autoen
 batch, an autoencoder update (Adam, betas (0.5, 0.9)) and, from ``disc_start`` on, a discriminator
 update. Gradients are accumulated over N batches (each backward
 scaled by 1/N; N = ``accumulate_grad_batches``, a model parameter because Lightning 2 forbids the
-trainer setting with manual optimisation); optimisers step on the N-th batch. ``gan_step`` counts autoencoder updates (the
-original's ``global_step``; Lightning's own ``global_step`` counts both optimisers' steps) and is
+trainer setting with manual optimisation); optimisers step on the N-th batch. ``gan_step`` counts
+autoencoder updates (the original's ``global_step``; Lightning's own ``global_step`` counts both optimisers'
+steps) and is
 stored in checkpoints. Each backward pass leaves some parameters without a gradient (the frozen or
 idle discriminator, or the autoencoder behind a detached reconstruction), so the model asks DDP for
 ``find_unused_parameters=True`` (``ddp_find_unused_parameters``, see :mod:`ldm.distributed`): plain
@@ -160,8 +161,8 @@ class _AdversarialAutoencoder(L.LightningModule):
         if scheduler_config is None:
             return optimizers
         schedule = instantiate_from_config(scheduler_config, node="scheduler_config")
-        schedulers = [{"scheduler": torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda=schedule.schedule), "interval": "step"}
-                      for opt in optimizers]
+        schedulers = [{"scheduler": torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda=schedule.schedule),
+                       "interval": "step"} for opt in optimizers]
         return optimizers, schedulers
 
     def _optimizers(self) -> list:
@@ -475,7 +476,8 @@ class VQModel(_AdversarialAutoencoder):
     def extra_logs(self, aux, split: str) -> dict:
         _, info = aux
         if split == "val":
-            self._val_code_counts += torch.bincount(info.indices.reshape(-1), minlength=self._val_code_counts.numel()).to(self._val_code_counts)
+            counts = torch.bincount(info.indices.reshape(-1), minlength=self._val_code_counts.numel())
+            self._val_code_counts += counts.to(self._val_code_counts)
         return {f"{split}/perplexity": info.perplexity.detach(), f"{split}/codebook_usage": info.usage.detach()}
 
     def on_validation_epoch_start(self) -> None:

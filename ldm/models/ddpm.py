@@ -162,8 +162,8 @@ class DDPM(L.LightningModule):
                 and out_channels != 2 * self.channels:
             from ldm.util import ConfigError
 
-            raise ConfigError(f"variance_type={self.variance_type} needs unet_config.params.out_channels = 2 x channels "
-                              f"= {2 * self.channels} (the model predicts the mean and the variance), got "
+            raise ConfigError(f"variance_type={self.variance_type} needs unet_config.params.out_channels = "
+                              f"2 x channels = {2 * self.channels} (the model predicts the mean and the variance), got "
                               f"{out_channels}; set model.params.unet_config.params.out_channels={2 * self.channels}")
 
     def _configure_speed(self, channels_last, compile, gradient_checkpointing, skip_nonfinite,
@@ -267,7 +267,8 @@ class DDPM(L.LightningModule):
             report.ignored = ignored
         else:
             report = load_weights(self, state_dict, ignore_keys=ignore_keys, verbose=False)
-        print(f"[{type(self).__name__}] restored from {'a state dict' if isinstance(path, Mapping) else path}\n{report}")
+        origin = "a state dict" if isinstance(path, Mapping) else path
+        print(f"[{type(self).__name__}] restored from {origin}\n{report}")
         return report
 
     def _ema_shadow_map(self) -> dict:
@@ -291,7 +292,8 @@ class DDPM(L.LightningModule):
     def _sync_schedule_with_buffers(self) -> None:
         """If loaded ``betas`` differ from the configured ones, rebuild the schedule from them."""
         loaded = self.betas.detach().double().cpu()
-        if loaded.shape != self.schedule.betas.shape or not torch.allclose(loaded, self.schedule.betas, rtol=1e-5, atol=1e-8):
+        if (loaded.shape != self.schedule.betas.shape
+                or not torch.allclose(loaded, self.schedule.betas, rtol=1e-5, atol=1e-8)):
             print(f"[{type(self).__name__}] checkpoint betas differ from the config; using the checkpoint's schedule")
             zero_terminal = self.zero_terminal_snr
             self.zero_terminal_snr = False  # the loaded betas are already final
@@ -322,7 +324,8 @@ class DDPM(L.LightningModule):
         for key in (self.first_stage_key, "latent_mean"):  # images, or a latent-cache batch
             if isinstance(batch.get(key), torch.Tensor):
                 return int(batch[key].shape[0])
-        raise KeyError(f"batch has no tensor under {self.first_stage_key!r} (keys: {sorted(batch)}); check first_stage_key")
+        raise KeyError(f"batch has no tensor under {self.first_stage_key!r} (keys: {sorted(batch)}); "
+                       "check first_stage_key")
 
     def sample_timesteps(self, batch_size: int, device) -> torch.Tensor:
         return torch.randint(0, self.num_timesteps, (batch_size,), device=device, dtype=torch.long)

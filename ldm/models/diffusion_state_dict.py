@@ -42,7 +42,8 @@ def prepare_state_dict(state_dict: Mapping, own_state: Mapping, shadow_of: Mappi
     out = {k: v for k, v in state_dict.items() if k in own_state or not is_stale_key(k)}
     dropped = [k for k in state_dict if k not in out]
     if dropped:
-        notes.append(f"dropped {len(dropped)} stale key(s): {', '.join(dropped[:4])}{' ...' if len(dropped) > 4 else ''}")
+        more = " ..." if len(dropped) > 4 else ""
+        notes.append(f"dropped {len(dropped)} stale key(s): {', '.join(dropped[:4])}{more}")
 
     ema_keys = [k for k in out if k.startswith(EMA_PREFIX)]
     if not has_ema:

@@ -138,7 +138,10 @@ class LatentDiffusion(DDPM):
 
     def instantiate_first_stage(self, config) -> None:
         try:
-            model = config if isinstance(config, nn.Module) else instantiate_from_config(config, node="first_stage_config")
+            if isinstance(config, nn.Module):
+                model = config
+            else:
+                model = instantiate_from_config(config, node="first_stage_config")
         except ConfigError as err:
             message = str(err)
             raise ConfigError(message if message.startswith("first_stage_config") else
@@ -237,7 +240,8 @@ class LatentDiffusion(DDPM):
         return first.decode_latent(z) if hasattr(first, "decode_latent") else first.decode(z)
 
     @torch.no_grad()
-    def decode_first_stage(self, z: torch.Tensor, predict_cids: bool = False, force_not_quantize: bool = False) -> torch.Tensor:
+    def decode_first_stage(self, z: torch.Tensor, predict_cids: bool = False,
+                           force_not_quantize: bool = False) -> torch.Tensor:
         """Images from scaled latents ``z`` (the first stage quantises first if it is a VQ model)."""
         return self._decode(z)
 
@@ -271,7 +275,8 @@ class LatentDiffusion(DDPM):
             if not bool(torch.isfinite(z).all()):  # a NaN/Inf image (or latent) must not decide the scale
                 skipped += 1
                 continue
-            stats += torch.stack([z.sum(), z.square().sum(), torch.tensor(float(z.numel()), device=z.device, dtype=torch.float64)])
+            count = torch.tensor(float(z.numel()), device=z.device, dtype=torch.float64)
+            stats += torch.stack([z.sum(), z.square().sum(), count])
         if skipped:
             print(f"[{type(self).__name__}] scale_by_std: {skipped} batch(es) with non-finite latents ignored")
         stats = self._reduce_sum(stats)
@@ -379,7 +384,8 @@ class LatentDiffusion(DDPM):
             if negative is not None and not isinstance(negative, Mapping):
                 keys = [k for k, s in zip(model.input_keys, model.output_keys) if s == "crossattn"]
                 if len(keys) != 1:
-                    raise ValueError(f"a negative prompt needs exactly one cross-attention input, this stack has {keys}")
+                    raise ValueError("a negative prompt needs exactly one cross-attention input, "
+                                     f"this stack has {keys}")
                 negative = {keys[0]: negative}
             null = model.null_condition(raw, overrides=negative)
         elif negative is not None:
@@ -567,8 +573,9 @@ class LatentDiffusion(DDPM):
         tensor of class labels, a list of captions, a batch dict, or conditioning images; or pass an
         already learned ``conditioning``. ``guidance_scale`` > 1 applies classifier-free guidance with
         the conditioner's null condition, or with ``null_conditioning`` (learned), or with the condition
-        of ``negative`` (a negative prompt: raw, or ``{input_key: raw}`` for a stack). ``shape`` is the latent ``(C, h, w)`` (default: trained
-        size; larger sizes give convolutional sampling). ``return_latents`` skips decoding.
+        of ``negative`` (a negative prompt: raw, or ``{input_key: raw}`` for a stack). ``shape`` is the latent
+        ``(C, h, w)`` (default: trained size; larger sizes give convolutional sampling). ``return_latents``
+        skips decoding.
         """
         with self._maybe_ema(use_ema):
             batch_size, cond, null = self._prepare_condition(cond_or_batch_size, conditioning, negative,

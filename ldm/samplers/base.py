@@ -121,7 +121,8 @@ class Sampler:
         a = self.levels[k]
         return math.sqrt(a), math.sqrt(1.0 - a)
 
-    def model_output(self, denoise: Denoiser, x: torch.Tensor, k: int, cond) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def model_output(self, denoise: Denoiser, x: torch.Tensor, k: int,
+                     cond) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Call the denoiser at step ``k``; return (prediction, variance values or None)."""
         t = torch.full((x.shape[0],), self.sample_timesteps[k], dtype=torch.long, device=x.device)
         out = denoise(x, t, cond)

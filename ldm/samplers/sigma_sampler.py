@@ -124,7 +124,10 @@ class SigmaSampler:
         def after_step(i, sigma, x_next, denoised):
             if mask is not None:
                 level = float(sigmas[i + 1])
-                noisy = known if level == 0.0 else q_sample_at(known, 1.0, level, randn(known.shape, generator, device, dtype))
+                if level == 0.0:
+                    noisy = known
+                else:
+                    noisy = q_sample_at(known, 1.0, level, randn(known.shape, generator, device, dtype))
                 x_next = mask * noisy + (1 - mask) * x_next
             if callback is not None:
                 callback(start + i, sigma, x_next, denoised)

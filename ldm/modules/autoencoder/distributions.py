@@ -14,7 +14,8 @@ import torch
 class DiagonalGaussianDistribution:
     def __init__(self, parameters: torch.Tensor, deterministic: bool = False):
         if parameters.shape[1] % 2:
-            raise ValueError(f"DiagonalGaussianDistribution needs an even channel count (mean, logvar), got {parameters.shape[1]}")
+            raise ValueError("DiagonalGaussianDistribution needs an even channel count (mean, logvar), "
+                             f"got {parameters.shape[1]}")
         self.parameters = parameters
         self.mean, self.logvar = torch.chunk(parameters, 2, dim=1)
         self.logvar = torch.clamp(self.logvar, -30.0, 20.0)  # keeps exp() finite, as in the original
@@ -48,4 +49,5 @@ class DiagonalGaussianDistribution:
         """−log q(sample) per sample: ½ Σ (log 2π + log σ² + (x − μ)² / σ²)."""
         if self.deterministic:
             return torch.zeros(sample.shape[0], device=sample.device, dtype=sample.dtype)
-        return 0.5 * torch.sum(np.log(2.0 * np.pi) + self.logvar + (sample - self.mean).pow(2) / self.var, dim=list(dims))
+        return 0.5 * torch.sum(np.log(2.0 * np.pi) + self.logvar + (sample - self.mean).pow(2) / self.var,
+                               dim=list(dims))

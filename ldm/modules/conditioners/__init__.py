@@ -13,6 +13,6 @@ from ldm.modules.conditioners.spatial import SpatialRescaler
 from ldm.modules.conditioners.stack import ConditionerStack
 from ldm.modules.conditioners.text_transformer import BERTEmbedder, TransformerEmbedder
 
-__all__ = ["OUTPUT_KEYS", "Conditioner", "ConditionerStack", "ClassEmbedder", "TransformerEmbedder", "BERTEmbedder", "FrozenCLIPEmbedder",
-           "FrozenOpenCLIPEmbedder", "SpatialRescaler", "register_conditioner", "get_conditioner", "build_conditioner",
-           "list_conditioners"]
+__all__ = ["OUTPUT_KEYS", "Conditioner", "ConditionerStack", "ClassEmbedder", "TransformerEmbedder", "BERTEmbedder",
+           "FrozenCLIPEmbedder", "FrozenOpenCLIPEmbedder", "SpatialRescaler", "register_conditioner", "get_conditioner",
+           "build_conditioner", "list_conditioners"]
