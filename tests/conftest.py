@@ -19,3 +19,17 @@ torch.set_num_threads(int(os.environ.get("LDM_TEST_THREADS", "1")))
 def _seed_everything():
     torch.manual_seed(0)
     yield
+
+
+#: per-test limit for unit tests (not marked ``slow``); slow tests keep ``timeout`` of pyproject.toml
+UNIT_TIMEOUT_S = 300
+
+
+def pytest_collection_modifyitems(config, items):
+    """A hung unit test fails after UNIT_TIMEOUT_S instead of the end-to-end runs' limit (unless
+    ``--timeout`` is given on the command line, which then applies to every test)."""
+    if not config.pluginmanager.hasplugin("timeout") or config.getoption("timeout", None) is not None:
+        return
+    for item in items:
+        if item.get_closest_marker("slow") is None and item.get_closest_marker("timeout") is None:
+            item.add_marker(pytest.mark.timeout(UNIT_TIMEOUT_S))

@@ -24,6 +24,7 @@ def _main_py(*args: str, env: dict | None = None, cwd: Path | None = None) -> su
 
 
 # -- flags ---------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_help_lists_every_flag():
     result = _main_py("--help")
     assert result.returncode == 0, result.stderr
@@ -34,6 +35,7 @@ def test_help_lists_every_flag():
         assert f"{flag} " in result.stdout or f"{flag}," in result.stdout, flag
 
 
+@pytest.mark.slow
 def test_gpus_without_cuda_devices_is_one_clear_line(tmp_path):
     config = write_yaml(tmp_path / "tiny.yaml", tiny_config())
     result = _main_py("-b", str(config), "-t", "--gpus", "0,1", "-l", str(tmp_path / "logs"),

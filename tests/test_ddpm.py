@@ -118,7 +118,7 @@ def test_offset_noise_adds_a_per_channel_offset():
 
 
 def test_hybrid_term_trains_only_the_variance():
-    """Foundations seed Ch. 6.1: L_vlb reaches the variance output but not the mean."""
+    """Improved DDPM Sec. 3.1 (stop-gradient on the mean): L_vlb reaches the variance output but not the mean."""
     m = tiny_ddpm(variance_type="learned_range")
     x0 = torch.rand(3, 3, 8, 8) * 2 - 1
     t = torch.tensor([0, 10, 30])

@@ -11,6 +11,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import pytest
 from omegaconf import OmegaConf
 from PIL import Image
 
@@ -61,6 +62,7 @@ def shrink(tool: str, argv: list[str]) -> list[str]:
     return replace_value(argv, "--n_samples", "2") + ["--steps", "2", "--device", "cpu", "--no-progress"]
 
 
+@pytest.mark.slow
 def test_readme_two_stage_chain(tmp_path, monkeypatch):
     readme = (REPO_ROOT / "README.md").read_text()
     lines = commands(code_block(readme, "## Training your own models"))

@@ -33,6 +33,7 @@ def _evil_run(tmp_path: Path) -> tuple[Path, Path]:
     return run, marker
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("command", ["sample", "main", "evaluate", "cache_latents"])
 def test_a_planted_target_is_refused_in_one_line(tmp_path, command):
     run, marker = _evil_run(tmp_path)

@@ -8,7 +8,7 @@ network output on the target of its parameterisation (``eps`` | ``x0`` | ``v``).
                                                                             unless learn_logvar)
          + original_elbo_weight * mean(w_t * L_simple)                    (DDPM Eq. 8/12: w_t makes
                                                                             the MSE the exact KL term)
-         + hybrid_vlb_weight * T * L_t   (learned variances only)        (foundations Ch. 6, Eq. 6.1)
+         + hybrid_vlb_weight * T * L_t   (learned variances only)        (Improved DDPM Eq. 16)
 
 with optional Min-SNR-gamma weighting of L_simple and offset noise. ``w_t`` are the exact
 Eq.-(8) weights for every parameterisation (:func:`ldm.diffusion.elbo_mse_weights`); the original
