@@ -19,8 +19,15 @@ import torch
 from omegaconf import OmegaConf
 
 import ldm.modules.autoencoder.blocks as ae_blocks
-from benchmarks.common import (PeakMemory, add_threads_argument, autocast, describe_device, interleaved_min,
-                               naive_attention, set_threads)
+from benchmarks.common import (
+    PeakMemory,
+    add_threads_argument,
+    autocast,
+    describe_device,
+    interleaved_min,
+    naive_attention,
+    set_threads,
+)
 from ldm.util import instantiate_from_config
 
 #: name -> config file (the model section is used; the training loss is replaced by Identity)

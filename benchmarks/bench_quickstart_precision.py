@@ -43,7 +43,8 @@ def main(argv=None) -> list[dict]:
     for label, config, batch_size in stages:
         rates = {}
         for precision in PRECISIONS:
-            overrides = [] if label == "autoencoder" else [f"model.params.first_stage_config.params.ckpt_path={ae_ckpt}"]
+            overrides = [] if label == "autoencoder" else [
+                f"model.params.first_stage_config.params.ckpt_path={ae_ckpt}"]
             result, ckpt, _ = _train(config, out / "runs", label.replace(" ", "_"), steps=args.steps, minutes=None,
                                      batch_size=batch_size, seed=0, label=label, overrides=overrides,
                                      precision=precision)

@@ -62,7 +62,8 @@ def table(named_reports: list[tuple[str, dict]]) -> str:
         lines.append(f"\nCPU: {machine['cpu_model']} ({machine['cpu_count']} CPUs), torch {machine['torch_version']}, "
                      f"precision {named_reports[0][1]['precision']}.")
         met = []
-        for name in list(TARGETS) + ["class_conditional_guidance_beats_scale1", "text_conditional_guidance_beats_scale1"]:
+        guidance = ["class_conditional_guidance_beats_scale1", "text_conditional_guidance_beats_scale1"]
+        for name in list(TARGETS) + guidance:
             hits = sum(bool(report["targets"][name]["met"]) for _, report in named_reports)
             met.append(f"{name} {hits}/{len(named_reports)}")
         lines.append("Targets met (runs): " + ", ".join(met) + ".")
@@ -76,7 +77,8 @@ def compare(name: str, idle: dict, busy: dict) -> str:
     same_steps = all(a[key] == b[key] for key in steps)
     accuracy = max(abs(a[key] - b[key]) for key in a if "oracle_accuracy" in key)
     return (f"{name} vs {name}_busy: step counts {'identical' if same_steps else 'DIFFERENT'}; largest accuracy "
-            f"difference {accuracy * 100:.1f} points, PSNR difference {abs(a['autoencoder.psnr_db'] - b['autoencoder.psnr_db']):.2f} "
+            f"difference {accuracy * 100:.1f} points, "
+            f"PSNR difference {abs(a['autoencoder.psnr_db'] - b['autoencoder.psnr_db']):.2f} "
             f"dB, TV difference {abs(a['unconditional.total_variation'] - b['unconditional.total_variation']):.3f}; "
             f"threads {idle['threads']} vs {busy['threads']}")
 

@@ -131,7 +131,8 @@ def main(argv=None) -> None:
         runs = parse_runs(args.samplers) if args.samplers else default_runs(args.ddpm_steps)
     where = describe_device(model.device)
     print(f"# {loaded.checkpoint} (global step {_global_step(loaded.checkpoint)}), {labels.numel()} images "
-          f"({args.per_class} per class), CFG scale {args.guidance_scale}, EMA weights, device {model.device} ({where})")
+          f"({args.per_class} per class), CFG scale {args.guidance_scale}, EMA weights, "
+          f"device {model.device} ({where})")
     print("| sampler | steps | UNet evaluations/img (cond + null) | s/img | oracle accuracy | vs DDIM 50 |")
     print("|---|---|---|---|---|---|")
     reference = reference_error = None

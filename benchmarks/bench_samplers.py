@@ -7,8 +7,8 @@ and a classifier-free-guided step against one UNet forward at double batch.
 Overhead, two ways: "direct" = ``sampler.sample`` with an identity denoiser (the sampler's own work per
 step: conversions, the update, noise, timestep tensors, Python) / one UNet forward; "end-to-end" =
 (``sampler.sample`` with the UNet - the same number of bare UNet forwards) / the bare forwards.
-Goal < 3%. Times are the minimum over repeats (noise on a shared machine only adds). Guided ratio = one guided denoiser call (stacking, one
-forward at 2B, the combination) / one UNet forward at 2B. Goal <= 1.05.
+Goal < 3%. Times are the minimum over repeats (noise on a shared machine only adds). Guided ratio = one
+guided denoiser call (stacking, one forward at 2B, the combination) / one UNet forward at 2B. Goal <= 1.05.
 """
 from __future__ import annotations
 
@@ -77,12 +77,14 @@ def main() -> None:
         forwards = sampler.num_steps + (1 if sampler_name == "plms" else 0)
         gen = torch.Generator(device=device).manual_seed(0)
         best = interleaved_min({
-            "sampler": lambda: sampler.sample(denoise, x.shape, cond=context, generator=gen, device=device, dtype=dtype),
-            "bare": lambda: [denoise(x, t, context) for _ in range(forwards)],
+            # the lambdas run inside this iteration (interleaved_min), so late binding is harmless
+            "sampler": lambda: sampler.sample(  # noqa: B023
+                denoise, x.shape, cond=context, generator=gen, device=device, dtype=dtype),  # noqa: B023
+            "bare": lambda: [denoise(x, t, context) for _ in range(forwards)],  # noqa: B023
         }, device, args.repeats)
         total, per_forward = best["sampler"], best["bare"] / forwards
         overhead = (total - forwards * per_forward) / (forwards * per_forward)
-        own = time_call(lambda: sampler.sample(lambda xx, tt, cc: xx, x.shape, cond=context, generator=gen,
+        own = time_call(lambda: sampler.sample(lambda xx, tt, cc: xx, x.shape, cond=context, generator=gen,  # noqa: B023
                                                device=device, dtype=dtype), device, warmup=1,
                         repeats=args.repeats, reduce=min) / forwards
         print(f"{sampler_name:<14}{forwards:>9}{total / B:>10.4f}{total / sampler.num_steps * 1e3:>10.3f}"

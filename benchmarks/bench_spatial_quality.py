@@ -158,8 +158,8 @@ def main(argv=None) -> dict:
     os.environ.setdefault("WANDB_MODE", "offline")
     import torch
 
-    from ldm.precision import cpu_model
     from ldm.cli.quickstart import AUTOENCODER_CONFIG, _train, autoencoder_psnr, load_autoencoder, pick_threads
+    from ldm.precision import cpu_model
 
     threads = pick_threads(args.threads)
     torch.set_num_threads(threads)

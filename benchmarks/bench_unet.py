@@ -2,7 +2,8 @@
 
 The naive path is the original's recipe, reproduced here on the same UNet weights: einsum attention,
 gradient checkpointing forced on in every block, fp32. Each row is a full train step (forward, MSE
-loss in fp32, backward, AdamW step: fused for ours, PyTorch's default for naive). MFU = model FLOPs per second (``torch.utils.flop_counter``) /
+loss in fp32, backward, AdamW step: fused for ours, PyTorch's default for naive). MFU = model FLOPs per second
+(``torch.utils.flop_counter``) /
 the measured matmul peak of the precision the step runs in.
 
     python benchmarks/bench_unet.py --model celebahq-f4 --batch 1 --steps 3
@@ -18,9 +19,19 @@ import torch
 import torch.nn.functional as F
 
 import ldm.modules.attention as attention_module
-from benchmarks.common import (PRECISION_NAMES, PeakMemory, add_threads_argument, autocast, count_flops,
-                               describe_device, matmul_peak_flops, naive_attention, set_checkpointing, set_threads,
-                               time_call)
+from benchmarks.common import (
+    PRECISION_NAMES,
+    PeakMemory,
+    add_threads_argument,
+    autocast,
+    count_flops,
+    describe_device,
+    matmul_peak_flops,
+    naive_attention,
+    set_checkpointing,
+    set_threads,
+    time_call,
+)
 from ldm.modules.unet import UNetModel
 from ldm.optim import build_optimizer
 
@@ -132,7 +143,8 @@ def main(argv=None):
     print("|---|---|---|---|---|---|")
     for mode, seconds, ips, mfu, mem in rows:
         ratio = f"{naive_seconds / seconds:.2f}x" if naive_seconds else "-"
-        print(f"| {mode} | {seconds:.3f} | {ips:.2f} | {mfu * 100:.1f}% | {ratio} | {mem if mem is None else f'{mem:.0f}'} |")
+        memory = mem if mem is None else f"{mem:.0f}"
+        print(f"| {mode} | {seconds:.3f} | {ips:.2f} | {mfu * 100:.1f}% | {ratio} | {memory} |")
 
 
 if __name__ == "__main__":

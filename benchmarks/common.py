@@ -15,7 +15,6 @@ import torch.nn.functional as F
 
 from ldm.precision import cpu_has_native_bf16, cpu_model
 
-
 #: the trainer's precision name for an autocast dtype (``None``: fp32, no autocast)
 PRECISION_NAMES = {None: "32", torch.bfloat16: "bf16-mixed", torch.float16: "16-mixed"}
 

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import os
 import pickle
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Mapping
 
 import torch
 
@@ -164,5 +164,6 @@ def load_weights(
     if strict and (report.missing or report.unexpected):
         raise ValueError(f"strict loading failed for {type(module).__name__}:\n{report}")
     if verbose:
-        print(f"[{type(module).__name__}] initialised from {source if not isinstance(source, Mapping) else 'state dict'}\n{report}")
+        origin = source if not isinstance(source, Mapping) else "state dict"
+        print(f"[{type(module).__name__}] initialised from {origin}\n{report}")
     return report

@@ -19,9 +19,10 @@ from __future__ import annotations
 
 import argparse
 import os
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
-from typing import Any, Iterable, Iterator, Mapping
+from typing import Any
 
 from ldm.util import ConfigError
 
@@ -46,8 +47,8 @@ class _Policy:
     def refuse(self, what: str) -> UntrustedTargetError:
         return UntrustedTargetError(
             f"{what} in {self.source}: a config from a run directory or --config may only build classes of "
-            f"{', '.join(TRUSTED_PACKAGES)} (and modules given with --allow-target MODULE or LDM_ALLOW_TARGETS); pass --allow-target "
-            "for that module, or --trust-config if you trust this config")
+            f"{', '.join(TRUSTED_PACKAGES)} (and modules given with --allow-target MODULE or LDM_ALLOW_TARGETS); "
+            "pass --allow-target for that module, or --trust-config if you trust this config")
 
 
 _policy: ContextVar[_Policy | None] = ContextVar("ldm_config_policy", default=None)

@@ -25,7 +25,8 @@ CUDA: on the CPU the Trainer refuses it in one line. Not tested in CI (no GPU); 
 """
 from __future__ import annotations
 
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 __all__ = ["BLOCKS", "block_classes", "build_strategy", "unet_fsdp_strategy"]
 

@@ -19,10 +19,11 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 from torch import nn
@@ -47,7 +48,7 @@ class LoraSettings:
     target_modules: list[str] = field(default_factory=lambda: list(DEFAULT_TARGETS))
 
     @classmethod
-    def from_config(cls, config: Mapping[str, Any] | "LoraSettings") -> "LoraSettings":
+    def from_config(cls, config: Mapping[str, Any] | LoraSettings) -> LoraSettings:
         if isinstance(config, LoraSettings):
             return config
         if not isinstance(config, Mapping):

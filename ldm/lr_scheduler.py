@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import math
 from bisect import bisect_left
+from collections.abc import Sequence
 from itertools import accumulate
-from typing import Sequence
 
 
 def _linear_warm_up(step: float, warm_up_steps: float, start: float, peak: float) -> float:

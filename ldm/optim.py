@@ -16,9 +16,9 @@ Unless the config sets ``fused`` or ``foreach`` itself, :func:`build_optimizer` 
 """
 from __future__ import annotations
 
-from collections.abc import Mapping
 import inspect
-from typing import Any, Iterable
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 import torch
 
@@ -76,7 +76,8 @@ def build_optimizer(param_groups: Iterable, lr: float, optimizer_config: Any = N
         cls = resolve_target(optimizer_config["target"])
         params = dict(optimizer_config.get("params") or {})
     else:
-        raise ConfigError(f"optimizer_config must be None, a name or a {{target, params}} node, got {optimizer_config!r}")
+        raise ConfigError("optimizer_config must be None, a name or a {target, params} node, "
+                          f"got {optimizer_config!r}")
     params.pop("lr", None)
     param_groups = list(param_groups)
     params.update(fused_kwargs(cls, param_groups, params, precision))
@@ -88,7 +89,8 @@ def lr_multiplier_from_config(scheduler_config: Mapping):
     schedule = instantiate_from_config(scheduler_config, node="scheduler_config")
     fn = getattr(schedule, "schedule", schedule)
     if not callable(fn):
-        raise ConfigError(f"scheduler_config: {type(schedule).__name__} is neither callable nor has a schedule(step) method")
+        raise ConfigError(f"scheduler_config: {type(schedule).__name__} is neither callable "
+                          "nor has a schedule(step) method")
     return fn
 
 

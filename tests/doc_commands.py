@@ -1,8 +1,8 @@
 """Run the shell commands of a documentation code block in-process (for the docs' end-to-end tests).
 
 A tiny interpreter for the few shell forms the docs use: ``python main.py ARGS``,
-``python -m ldm.cli.<tool> ARGS``, ``VAR=$(ls -d PATTERN | tail -n 1)``, ``$VAR``, globs and ``<timestamp>`` (any run time stamp) in
-arguments, backslash line continuations and ``#`` comments. Anything else is an error, so a doc
+``python -m ldm.cli.<tool> ARGS``, ``VAR=$(ls -d PATTERN | tail -n 1)``, ``$VAR``, globs and ``<timestamp>``
+(any run time stamp) in arguments, backslash line continuations and ``#`` comments. Anything else is an error, so a doc
 edit that this cannot follow fails the test instead of being skipped. Each command runs in this
 process (no interpreter start-up per command) through the tool's own ``main(argv)``.
 """

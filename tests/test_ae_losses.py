@@ -5,8 +5,17 @@ import pytest
 import torch
 
 from ldm.modules.autoencoder import DiagonalGaussianDistribution
-from ldm.modules.losses import (ActNorm, LPIPSLoss, LPIPSWeightsError, LPIPSWithDiscriminator, NLayerDiscriminator,
-                                VQLPIPSWithDiscriminator, adaptive_weight, hinge_d_loss, vanilla_d_loss)
+from ldm.modules.losses import (
+    ActNorm,
+    LPIPSLoss,
+    LPIPSWeightsError,
+    LPIPSWithDiscriminator,
+    NLayerDiscriminator,
+    VQLPIPSWithDiscriminator,
+    adaptive_weight,
+    hinge_d_loss,
+    vanilla_d_loss,
+)
 
 TINY_DISC = dict(disc_num_layers=1, disc_ndf=8, perceptual_weight=0.0, perceptual_backbone="random")
 

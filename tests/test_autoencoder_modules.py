@@ -86,7 +86,8 @@ def test_gaussian_kl_and_nll_match_hand_computation():
     # against torch.distributions (independent implementation)
     ref = torch.distributions.Normal(mu, math.sqrt(var))
     assert q.nll(x).item() == pytest.approx(-6 * ref.log_prob(torch.tensor(1.5)).item(), rel=1e-6)
-    other = DiagonalGaussianDistribution(torch.cat([torch.zeros(1, 2, 1, 3), torch.full((1, 2, 1, 3), math.log(4.0))], 1))
+    other = DiagonalGaussianDistribution(
+        torch.cat([torch.zeros(1, 2, 1, 3), torch.full((1, 2, 1, 3), math.log(4.0))], 1))
     expected = torch.distributions.kl_divergence(ref, torch.distributions.Normal(0.0, 2.0)).item() * 6
     assert q.kl(other).item() == pytest.approx(expected, rel=1e-6)
 

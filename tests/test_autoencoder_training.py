@@ -130,7 +130,8 @@ def test_short_run_on_shapes_reduces_reconstruction_loss_and_logs_validation_met
         after = (model(x, sample_posterior=False)[0] - x).abs().mean().item()
     assert after < 0.6 * before, (before, after)  # measured: 0.40 -> 0.16
     metrics = t.callback_metrics
-    for key in ("val/rec_loss", "val/psnr", "val/ssim", "val/lpips", "train/rec_loss", "train/nll_loss", "train/kl_loss"):
+    for key in ("val/rec_loss", "val/psnr", "val/ssim", "val/lpips",
+                "train/rec_loss", "train/nll_loss", "train/kl_loss"):
         assert key in metrics, key
     assert metrics["val/psnr"].item() > 10.0
     images = model.log_images({"image": x[:4]})
@@ -140,7 +141,8 @@ def test_short_run_on_shapes_reduces_reconstruction_loss_and_logs_validation_met
 
 def test_vq_model_trains_with_discriminator_and_logs_codebook_metrics():
     model = VQModel(tiny_ddconfig(False), loss_config("VQLPIPSWithDiscriminator", disc_start=0), n_embed=16,
-                    embed_dim=4, base_learning_rate=1e-3, quantizer_config={"use_ema": True, "dead_code_threshold": 0.01})
+                    embed_dim=4, base_learning_rate=1e-3,
+                    quantizer_config={"use_ema": True, "dead_code_threshold": 0.01})
     data = Blobs(8)
     t = trainer(max_steps=4, limit_val_batches=1)
     t.fit(model, DataLoader(data, batch_size=4), DataLoader(data, batch_size=8))

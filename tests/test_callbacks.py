@@ -14,7 +14,6 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from cli_fixtures import TinyData, TinyModule, tiny_config, write_yaml  # noqa: E402
-
 from ldm.callbacks import CUDACallback, EmergencyCheckpoint, ImageLogger, SetupCallback  # noqa: E402
 from ldm.cli.components import build_callbacks, build_logger, build_model_checkpoint  # noqa: E402
 from ldm.cli.config import CLIError  # noqa: E402
@@ -84,9 +83,11 @@ def test_image_logger_writes_validation_inputs_exactly(tmp_path):
 def test_setup_callback_snapshots_both_configs(tmp_path):
     from omegaconf import OmegaConf
 
-    callback = SetupCallback(resume="", now="NOW", logdir=str(tmp_path / "run"), ckptdir=str(tmp_path / "run/checkpoints"),
+    callback = SetupCallback(resume="", now="NOW", logdir=str(tmp_path / "run"),
+                             ckptdir=str(tmp_path / "run/checkpoints"),
                              cfgdir=str(tmp_path / "run/configs"), config={"model": {"target": "a.B"}},
-                             lightning_config={"trainer": {"max_steps": 3}, "callbacks": {"metrics_over_trainsteps_checkpoint": {}}},
+                             lightning_config={"trainer": {"max_steps": 3},
+                                               "callbacks": {"metrics_over_trainsteps_checkpoint": {}}},
                              verbose=False)
     callback.write()
     assert OmegaConf.load(tmp_path / "run/configs/NOW-project.yaml") == OmegaConf.create({"model": {"target": "a.B"}})
@@ -94,7 +95,8 @@ def test_setup_callback_snapshots_both_configs(tmp_path):
     assert lightning.lightning.trainer.max_steps == 3
     assert (tmp_path / "run/checkpoints/trainstep_checkpoints").is_dir()
     callback.write()  # the same start writing again (fit, then test) overwrites its own files
-    resumed = SetupCallback(resume="x", now="NOW", logdir=str(tmp_path / "run"), ckptdir=str(tmp_path / "run/checkpoints"),
+    resumed = SetupCallback(resume="x", now="NOW", logdir=str(tmp_path / "run"),
+                            ckptdir=str(tmp_path / "run/checkpoints"),
                             cfgdir=str(tmp_path / "run/configs"), config={"model": {"target": "a.C"}}, verbose=False)
     resumed.write()  # a second start within the same second must not overwrite the first snapshot
     names = sorted(p.name for p in (tmp_path / "run/configs").glob("*-project.yaml"))

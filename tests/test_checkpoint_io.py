@@ -9,9 +9,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from cli_fixtures import TinyModule, tiny_config, write_yaml  # noqa: E402
-
 import ldm.callbacks.checkpoint_io as checkpoint_io  # noqa: E402
+from cli_fixtures import TinyModule, tiny_config, write_yaml  # noqa: E402
 from ldm.callbacks import AtomicCheckpointIO  # noqa: E402
 from ldm.checkpoint import UnsafeCheckpointError, load_weights  # noqa: E402
 from ldm.cli.train import main  # noqa: E402

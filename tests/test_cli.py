@@ -11,7 +11,6 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from cli_fixtures import REPO_ROOT, TinyModule, subprocess_env, tiny_config, write_yaml  # noqa: E402
-
 from ldm.cli.args import TRAINER_FLAGS, parse_args, trainer_overrides  # noqa: E402
 from ldm.cli.config import CLIError, build_trainer_kwargs, merge_configs, parse_gpus  # noqa: E402
 from ldm.cli.logdir import resolve_run_paths  # noqa: E402
@@ -25,6 +24,7 @@ def _main_py(*args: str, env: dict | None = None, cwd: Path | None = None) -> su
 
 
 # -- flags ---------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_help_lists_every_flag():
     result = _main_py("--help")
     assert result.returncode == 0, result.stderr
@@ -35,6 +35,7 @@ def test_help_lists_every_flag():
         assert f"{flag} " in result.stdout or f"{flag}," in result.stdout, flag
 
 
+@pytest.mark.slow
 def test_gpus_without_cuda_devices_is_one_clear_line(tmp_path):
     config = write_yaml(tmp_path / "tiny.yaml", tiny_config())
     result = _main_py("-b", str(config), "-t", "--gpus", "0,1", "-l", str(tmp_path / "logs"),
@@ -71,7 +72,8 @@ def test_trainer_flags_are_typed_and_unknown_arguments_rejected():
 
 # -- config merging ------------------------------------------------------------------------
 def test_configs_merge_left_to_right_then_overrides(tmp_path):
-    first = write_yaml(tmp_path / "a.yaml", {"model": {"target": "x.A", "params": {"width": 1, "depth": 2, "mult": [1, 2]}},
+    first = write_yaml(tmp_path / "a.yaml", {"model": {"target": "x.A",
+                                                       "params": {"width": 1, "depth": 2, "mult": [1, 2]}},
                                              "lightning": {"trainer": {"max_steps": 5}}})
     second = write_yaml(tmp_path / "b.yaml", {"model": {"params": {"width": 4, "mult": [3]}}})
     merged = merge_configs([first, second], ["model.params.depth=9", "data.params.batch_size=16"])

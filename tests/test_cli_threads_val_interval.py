@@ -10,7 +10,6 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from cli_fixtures import tiny_config, write_yaml
-
 from ldm.cli.args import parse_args
 from ldm.cli.train import run
 

@@ -96,7 +96,8 @@ def test_hybrid_samples_with_guidance_and_logs_images(hybrid):
     guided = hybrid.sample(b, steps=2, x_T=x_T, guidance_scale=3.0)
     assert plain.shape == (2, 3, 16, 16) and not torch.allclose(plain, guided)
     logged = hybrid.log_images(b, N=2, ddim_steps=2, guidance_scale=2.0)
-    assert {"samples", "samples_cfg_scale_2.00", "conditioning_masked_image", "conditioning_inpaint_mask"} <= set(logged)
+    assert {"samples", "samples_cfg_scale_2.00", "conditioning_masked_image",
+            "conditioning_inpaint_mask"} <= set(logged)
 
 
 def test_negative_prompt_is_cfg_with_that_condition_as_the_null(hybrid):
@@ -168,7 +169,8 @@ def test_stack_config_errors():
 def test_concat_helpers():
     a, m = torch.randn(2, 3, 4, 4), torch.ones(2, 1, 16, 16)
     joined = concat_inputs([a, m])
-    assert joined.shape == (2, 4, 4, 4) and torch.equal(joined[:, :3], a) and torch.equal(joined[:, 3:], m[:, :, :4, :4])
+    assert joined.shape == (2, 4, 4, 4)
+    assert torch.equal(joined[:, :3], a) and torch.equal(joined[:, 3:], m[:, :, :4, :4])
     assert concat_inputs([m, a], size=(4, 4)).shape == (2, 4, 4, 4)  # SD 2's order: mask first
     assert join_slot([torch.zeros(2, 5, 8), torch.ones(2, 5, 4)], "crossattn").shape == (2, 5, 12)
     with pytest.raises(ValueError, match="crossattn"):

@@ -5,8 +5,15 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ldm.modules.conditioners import (BERTEmbedder, ClassEmbedder, FrozenCLIPEmbedder, FrozenOpenCLIPEmbedder,
-                                      SpatialRescaler, TransformerEmbedder, get_conditioner)
+from ldm.modules.conditioners import (
+    BERTEmbedder,
+    ClassEmbedder,
+    FrozenCLIPEmbedder,
+    FrozenOpenCLIPEmbedder,
+    SpatialRescaler,
+    TransformerEmbedder,
+    get_conditioner,
+)
 from ldm.util import instantiate_from_config
 
 OPEN_CLIP_VOCAB = 49408

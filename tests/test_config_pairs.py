@@ -10,10 +10,9 @@ from omegaconf import OmegaConf
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import ldm.util  # noqa: F401  (registers the num_class_folders resolver)
 from cli_fixtures import REPO_ROOT
 from doc_commands import write_class_folders
-
-import ldm.util  # noqa: F401  (registers the num_class_folders resolver)
 
 LDM_CONFIGS = sorted((REPO_ROOT / "configs" / "ldm").glob("*.yaml"))
 CUSTOM = REPO_ROOT / "configs" / "custom"
@@ -32,7 +31,8 @@ def stage1_of(path: Path) -> Path:
     return REPO_ROOT / match.group(1)
 
 
-@pytest.mark.parametrize("path", [p for p in LDM_CONFIGS if "first_stage_config" in p.read_text()], ids=lambda p: p.name)
+@pytest.mark.parametrize("path", [p for p in LDM_CONFIGS if "first_stage_config" in p.read_text()],
+                         ids=lambda p: p.name)
 def test_every_ldm_config_names_an_autoencoder_config_with_its_first_stage(path):
     first_stage = OmegaConf.load(path).model.params.first_stage_config
     autoencoder_path = stage1_of(path)

@@ -13,8 +13,6 @@ from ldm.util import instantiate_from_config
 from sd2_fixtures import tiny_clip_text_dir, tiny_model_node, tiny_sd1_node
 
 
-
-
 def _randomise(model):
     """Zero-initialised output layers would make every comparison trivial."""
     g = torch.Generator().manual_seed(0)

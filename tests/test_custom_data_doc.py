@@ -11,6 +11,7 @@ import math
 import sys
 from pathlib import Path
 
+import pytest
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -39,6 +40,7 @@ def shrink(tool: str, argv: list[str]) -> list[str]:
     return argv + ["--num-samples", "12", "--device", "cpu", "--num-workers", "0"]
 
 
+@pytest.mark.slow
 def test_doc_chain_on_generated_class_folders(tmp_path, monkeypatch):
     lines = commands(code_block(DOC.read_text(), "## The whole chain"))
     assert [line.split(" ")[:3] for line in lines if line.startswith("python")] == [

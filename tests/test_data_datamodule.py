@@ -4,8 +4,8 @@ import os
 import lightning.pytorch as pl
 import pytest
 import torch
-from omegaconf import OmegaConf
 from lightning.pytorch.utilities.model_helpers import is_overridden
+from omegaconf import OmegaConf
 
 from ldm.data.datamodule import DataModuleFromConfig, collate
 from ldm.util import ConfigError, instantiate_from_config

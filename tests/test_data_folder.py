@@ -13,7 +13,7 @@ from ldm.data.datamodule import DataModuleFromConfig, collate
 from ldm.data.faces import CelebAHQTrain, FFHQValidation
 from ldm.data.folder import ImageCaptionDataset, ImageFolderDataset
 from ldm.data.imagenet import ImageNetSRTrain, ImageNetSRValidation, ImageNetTrain, ImageNetValidation
-from ldm.data.lsun import LSUNChurchesTrain, LSUNBedroomsValidation
+from ldm.data.lsun import LSUNBedroomsValidation, LSUNChurchesTrain
 from ldm.data.robust import CorruptImageError, CorruptImageWarning
 
 

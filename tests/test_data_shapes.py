@@ -4,8 +4,20 @@ import pytest
 import torch
 
 from ldm.data import shapes
-from ldm.data.shapes import (COLOR_NAMES, COLORS, NUM_CLASSES, SHAPES, VOCABULARY, ShapesDataset, ShapesTrain,
-                             ShapesValidation, attributes_to_class, caption_for, class_to_attributes, parse_caption)
+from ldm.data.shapes import (
+    COLOR_NAMES,
+    COLORS,
+    NUM_CLASSES,
+    SHAPES,
+    VOCABULARY,
+    ShapesDataset,
+    ShapesTrain,
+    ShapesValidation,
+    attributes_to_class,
+    caption_for,
+    class_to_attributes,
+    parse_caption,
+)
 
 
 def test_class_mapping_round_trips_and_is_shape_major():

@@ -70,7 +70,8 @@ class DumpRank(L.Callback):
 
 def _dump_overrides(out_dir: Path, tag: str = "run") -> list[str]:
     return ["lightning.callbacks.rank_dump.target=test_ddp_stages.DumpRank",
-            f"lightning.callbacks.rank_dump.params.out_dir={out_dir}", f"lightning.callbacks.rank_dump.params.tag={tag}"]
+            f"lightning.callbacks.rank_dump.params.out_dir={out_dir}",
+            f"lightning.callbacks.rank_dump.params.tag={tag}"]
 
 
 def _env() -> dict:
@@ -100,6 +101,7 @@ def _assert_ranks_agree(ranks: list[dict], steps: int, monitor: str) -> None:
         assert mine == other                                    # every metric reduced over both ranks
 
 
+@pytest.mark.slow
 def test_gan_autoencoder_trains_under_plain_ddp_through_disc_start(tmp_path):
     """Before the model asked for ``find_unused_parameters`` this failed with "parameters that were not
     used in producing the loss" (the discriminator idles before ``disc_start``)."""
@@ -115,6 +117,7 @@ def test_gan_autoencoder_trains_under_plain_ddp_through_disc_start(tmp_path):
     assert {"val/psnr", "val/ssim", "val/disc_loss"} <= set(ranks[0]["validations"][-1])
 
 
+@pytest.mark.slow
 def test_class_conditional_demo_ldm_trains_under_ddp_with_synced_validation(tmp_path):
     dumps = tmp_path / "dumps"
     unet = "model.params.unet_config.params"
@@ -173,6 +176,7 @@ def test_adopt_launcher_world_follows_torchrun():
     assert adopt_launcher_world(plain, {"LOCAL_WORLD_SIZE": "4"}) is None and plain == {"devices": 1}
 
 
+@pytest.mark.slow
 def test_torchrun_launch_writes_one_run_and_resumes(tmp_path):
     logs, dumps = tmp_path / "logs", tmp_path / "dumps"
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]

@@ -77,8 +77,11 @@ def test_weighted_mse_equals_the_kl_term(parameterization):
     t = torch.tensor([1, 7, 20, T - 1])
     x_t = m.q_sample(x0, t, noise)
     pred = (noise if parameterization == "eps" else x0) + 0.1 * torch.randn_like(x0)
-    x0_hat = (x_t - s.sqrt_one_minus_alphas_cumprod[t].view(-1, 1, 1, 1) * pred) / s.sqrt_alphas_cumprod[t].view(-1, 1, 1, 1) \
-        if parameterization == "eps" else pred
+    if parameterization == "eps":
+        root_ab = s.sqrt_alphas_cumprod[t].view(-1, 1, 1, 1)
+        x0_hat = (x_t - s.sqrt_one_minus_alphas_cumprod[t].view(-1, 1, 1, 1) * pred) / root_ab
+    else:
+        x0_hat = pred
     true_mean, _, logvar = q_posterior(s, x0, x_t, t)
     model_mean, _, _ = q_posterior(s, x0_hat, x_t, t)
     kl = normal_kl(true_mean, logvar, model_mean, logvar).mean(dim=(1, 2, 3))
@@ -115,7 +118,7 @@ def test_offset_noise_adds_a_per_channel_offset():
 
 
 def test_hybrid_term_trains_only_the_variance():
-    """Foundations seed Ch. 6.1: L_vlb reaches the variance output but not the mean."""
+    """Improved DDPM Sec. 3.1 (stop-gradient on the mean): L_vlb reaches the variance output but not the mean."""
     m = tiny_ddpm(variance_type="learned_range")
     x0 = torch.rand(3, 3, 8, 8) * 2 - 1
     t = torch.tensor([0, 10, 30])
@@ -181,7 +184,8 @@ def test_original_checkpoint_quirks_load(tmp_path):
     src = tiny_ddpm()
     sd = {k: v.clone() for k, v in src.state_dict().items()}
     # an old release: EMA weights copied into model.*, only the EMA scalars kept, stray DDIM buffers
-    released = {k: v for k, v in sd.items() if not k.startswith("model_ema.") or k in ("model_ema.decay", "model_ema.num_updates")}
+    kept_ema = ("model_ema.decay", "model_ema.num_updates")
+    released = {k: v for k, v in sd.items() if not k.startswith("model_ema.") or k in kept_ema}
     for name in ("ddim_sigmas", "ddim_alphas", "ddim_alphas_prev", "ddim_sqrt_one_minus_alphas"):
         released[name] = torch.zeros(10)
     released["cond_stage_model.transformer.text_model.embeddings.position_ids"] = torch.arange(77)[None]
@@ -261,7 +265,7 @@ def test_pixel_demo_config_short_run_lowers_the_loss():
         return float(loss)
 
     before = eval_loss()
-    for step in range(30):
+    for _ in range(30):
         loss, _ = model.shared_step(batch)
         opt.zero_grad()
         loss.backward()

@@ -5,9 +5,21 @@ import pytest
 import torch
 
 from ldm.diffusion import (
-    DiffusionSchedule, learned_range_log_variance, output_from_x0_eps, p_mean_variance,
-    predict_eps_from_v, predict_eps_from_x0, predict_v, predict_x0_from_eps, predict_x0_from_v,
-    q_posterior, q_sample, threshold_x0, to_x0_eps, training_target, x0_eps_from_output,
+    DiffusionSchedule,
+    learned_range_log_variance,
+    output_from_x0_eps,
+    p_mean_variance,
+    predict_eps_from_v,
+    predict_eps_from_x0,
+    predict_v,
+    predict_x0_from_eps,
+    predict_x0_from_v,
+    q_posterior,
+    q_sample,
+    threshold_x0,
+    to_x0_eps,
+    training_target,
+    x0_eps_from_output,
 )
 
 SCHED = DiffusionSchedule.from_config("linear", 100, 1e-3, 5e-2)

@@ -5,8 +5,16 @@ import pytest
 import torch
 
 from ldm.diffusion import (
-    DiffusionSchedule, bits_per_dim, discretized_gaussian_log_likelihood, elbo_mse_weights, normal_kl,
-    p_mean_variance, prior_bpd, q_sample, training_target, vlb_terms,
+    DiffusionSchedule,
+    bits_per_dim,
+    discretized_gaussian_log_likelihood,
+    elbo_mse_weights,
+    normal_kl,
+    p_mean_variance,
+    prior_bpd,
+    q_sample,
+    training_target,
+    vlb_terms,
 )
 
 SCHED = DiffusionSchedule.from_config("linear", 100, 1e-3, 5e-2)
@@ -77,7 +85,8 @@ def test_vlb_kl_equals_weighted_mse(param):
 def test_elbo_weights_first_entry_and_errors():
     w = elbo_mse_weights(SCHED, "eps")
     b, a = SCHED.betas, SCHED.alphas_cumprod
-    assert w[7].item() == pytest.approx((b[7] ** 2 / (2 * SCHED.posterior_variance[7] * (1 - b[7]) * (1 - a[7]))).item())
+    expected = b[7] ** 2 / (2 * SCHED.posterior_variance[7] * (1 - b[7]) * (1 - a[7]))
+    assert w[7].item() == pytest.approx(expected.item())
     assert w[0].item() == w[1].item()
     with pytest.raises(ValueError):
         elbo_mse_weights(SCHED, "eps", "learned_range")
@@ -109,6 +118,7 @@ def test_bits_per_dim_for_a_point_mass_data_set():
     edge = -math.log(phi(h / sigma))
     decoder = (edge + interior + interior + edge) / 4 / math.log(2)
     a = SCHED.alphas_cumprod[-1].item()
-    prior = sum(0.5 * (-1 - math.log(1 - a) + (1 - a) + a * v * v) for v in x_star[0].flatten().tolist()) / 4 / math.log(2)
+    kl = sum(0.5 * (-1 - math.log(1 - a) + (1 - a) + a * v * v) for v in x_star[0].flatten().tolist())
+    prior = kl / 4 / math.log(2)
     assert res["total_bpd"][0].item() == pytest.approx(decoder + prior, rel=1e-8)
     assert res["x0_mse"].max().item() < 1e-20

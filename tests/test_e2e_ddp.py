@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 
 import lightning as L
+import pytest
 import torch
 
 from ldm.callbacks.image_logger import ImageLogger
@@ -68,6 +69,8 @@ class RecordingImageLogger(ImageLogger):
             handle.writelines(f"{rank}\t{key}@{global_step}\n" for key in images)
         return grids
 
+
+@pytest.mark.slow
 def test_ddp_two_cpu_processes_agree_and_write_once(tmp_path):
     logs, dumps, record = tmp_path / "logs", tmp_path / "dumps", tmp_path / "images.tsv"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1",

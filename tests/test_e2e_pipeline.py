@@ -14,6 +14,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -38,6 +39,7 @@ def _numbers(value, where="report"):
             yield from _numbers(item, f"{where}[{index}]")
 
 
+@pytest.mark.slow
 def test_quickstart_fast_runs_end_to_end(tmp_path):
     out = tmp_path / "quickstart"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline"}

@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import lightning as L
+import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -65,6 +66,7 @@ def _assert_same_optimizer(expected: dict, actual: dict) -> None:
             assert torch.equal(torch.as_tensor(value), torch.as_tensor(other)), f"optimizer state {index}.{name}"
 
 
+@pytest.mark.slow
 def test_sigkill_then_resume_continues_from_last_checkpoint(tmp_path):
     from ldm.checkpoint import safe_torch_load
 

@@ -32,7 +32,8 @@ def test_celebahq_ema_key_names_match_dump():
                                             num_head_channels=32)
         ema = LitEma(wrapper)
     ours = {k: tuple(v.shape) for k, v in ema.state_dict().items()}
-    sample = [line.split("\t") for line in (FIXTURES / "unet_celebahq-ldm-vq-4_ema_keys_sample.tsv").read_text().splitlines()]
+    lines = (FIXTURES / "unet_celebahq-ldm-vq-4_ema_keys_sample.tsv").read_text().splitlines()
+    sample = [line.split("\t") for line in lines]
     assert len(ours) == 370
     for key, shape in sample:
         assert ours[key] == tuple(int(s) for s in shape.strip("()").split(",") if s.strip()), key

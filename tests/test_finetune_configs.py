@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from omegaconf import OmegaConf
 from PIL import Image
@@ -68,6 +69,7 @@ def _train(configs, logs: Path, ckpt: Path) -> Path:
     return runs[0]
 
 
+@pytest.mark.slow
 def test_full_finetune_sd_v1(tmp_path):
     data = _pairs(tmp_path / "pairs")
     clip = tiny_clip_text_dir(tmp_path / "clip")
@@ -84,6 +86,7 @@ def test_full_finetune_sd_v1(tmp_path):
     assert all(torch.equal(sd[k], base[k]) for k in frozen)
 
 
+@pytest.mark.slow
 def test_lora_finetune_sd_v2(tmp_path):
     data = _pairs(tmp_path / "pairs")
     tiny = _shrink(tmp_path, data, {"model_config": TINY_TEXT}, {"num_head_channels": 16})

@@ -48,6 +48,7 @@ def test_build_strategy_instantiates_only_target_mappings():
     assert type(built["strategy"]).__name__ == "FSDPStrategy" and built["devices"] == 2
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("strategy", [["--strategy", "fsdp"],
                                       ["lightning.trainer.strategy.target=ldm.fsdp.unet_fsdp_strategy"]])
 def test_fsdp_on_the_cpu_is_one_line_and_exit_code_2(tmp_path, strategy):

@@ -9,8 +9,15 @@ import torch
 from torch.utils.data import DataLoader
 
 from ldm.data.datamodule import collate
-from ldm.data.latent_cache import (LatentCacheDataset, LatentCacheError, LatentCacheMismatchError, encode_dataset,
-                                   read_manifest, sample_cached_latent, state_dict_sha256)
+from ldm.data.latent_cache import (
+    LatentCacheDataset,
+    LatentCacheError,
+    LatentCacheMismatchError,
+    encode_dataset,
+    read_manifest,
+    sample_cached_latent,
+    state_dict_sha256,
+)
 from ldm.data.shapes import ShapesDataset
 from ldm.models.autoencoder import AutoencoderKL, IdentityFirstStage
 

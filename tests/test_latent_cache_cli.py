@@ -7,8 +7,13 @@ import yaml
 from safetensors.torch import save_file
 
 from ldm.cli.cache_latents import main
-from ldm.data.latent_cache import (LatentCacheDataset, LatentCacheMismatchError, file_sha256, read_manifest,
-                                   state_dict_sha256)
+from ldm.data.latent_cache import (
+    LatentCacheDataset,
+    LatentCacheMismatchError,
+    file_sha256,
+    read_manifest,
+    state_dict_sha256,
+)
 from ldm.data.shapes import ShapesDataset
 from ldm.models.autoencoder import AutoencoderKL
 

@@ -144,7 +144,8 @@ def test_first_stage_is_frozen_and_cond_stage_trainable_with_its_own_lr():
     groups = opt.param_groups
     optimized = {id(p) for g in groups for p in g["params"]}
     assert not optimized & {id(p) for p in m.first_stage_model.parameters()}
-    assert groups[-1]["lr"] == 1e-5 and {id(p) for p in groups[-1]["params"]} == {id(p) for p in m.cond_stage_model.parameters()}
+    assert groups[-1]["lr"] == 1e-5
+    assert {id(p) for p in groups[-1]["params"]} == {id(p) for p in m.cond_stage_model.parameters()}
 
 
 def test_scale_by_std_gives_unit_std_latents():

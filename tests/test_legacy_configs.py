@@ -12,8 +12,8 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from ldm.models.latent_diffusion import LatentDiffusion
 from key_dumps import read_keys
+from ldm.models.latent_diffusion import LatentDiffusion
 from ldm.util import instantiate_from_config
 
 FIXTURES = Path(__file__).parent / "fixtures"

@@ -103,7 +103,8 @@ def test_fine_tune_lowers_the_loss_and_changes_only_adapters(trained):
 
 
 def test_lightning_checkpoint_resumes_with_adapters(setup, trained):
-    ckpt = trained["trainer"].checkpoint_callback.best_model_path or trained["trainer"].checkpoint_callback.last_model_path
+    checkpoint_callback = trained["trainer"].checkpoint_callback
+    ckpt = checkpoint_callback.best_model_path or checkpoint_callback.last_model_path
     state = torch.load(ckpt, weights_only=True, map_location="cpu")["state_dict"]
     fresh = instantiate_from_config(setup["lora_node"])
     result = fresh.load_state_dict(state, strict=True)

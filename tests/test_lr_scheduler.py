@@ -74,7 +74,8 @@ def test_scheduler_from_config_drives_optimizer():
 def test_optimizer_config_variants_and_errors():
     param = torch.nn.Parameter(torch.zeros(2))
     assert isinstance(build_optimizer([param], 1e-3, "adam"), torch.optim.Adam)
-    opt = build_optimizer([param], 1e-3, {"target": "torch.optim.AdamW", "params": {"weight_decay": 0.0, "betas": [0.9, 0.99]}})
+    opt = build_optimizer([param], 1e-3,
+                          {"target": "torch.optim.AdamW", "params": {"weight_decay": 0.0, "betas": [0.9, 0.99]}})
     assert opt.param_groups[0]["weight_decay"] == 0.0 and tuple(opt.param_groups[0]["betas"]) == (0.9, 0.99)
     with pytest.raises(ConfigError, match="learning rate"):
         build_optimizer([param], None)

@@ -7,9 +7,9 @@ import torch
 from omegaconf import OmegaConf
 from torch.utils.data import DataLoader, Dataset
 
-from ldm.models.nonfinite import NonFiniteGuard, NonFiniteLossError
 from ldm.data.shapes import ShapesTrain
 from ldm.models.ddpm import DDPM
+from ldm.models.nonfinite import NonFiniteGuard, NonFiniteLossError
 from ldm.modules.unet_blocks import ResBlock
 from ldm.util import instantiate_from_config
 

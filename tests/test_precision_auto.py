@@ -11,7 +11,6 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from cli_fixtures import tiny_config, write_yaml  # noqa: E402  (after the sys.path line)
-
 from ldm import precision  # noqa: E402
 from ldm.cli.train import run  # noqa: E402
 

@@ -33,6 +33,7 @@ def _fast_runs(outs: list[Path], seed: int) -> list[dict]:
     return reports
 
 
+@pytest.mark.slow
 def test_two_fast_runs_with_the_same_seed_report_identical_numbers(tmp_path):
     from ldm.cli.quickstart_report import reproducible_numbers
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import pytest
 from omegaconf import OmegaConf
 from PIL import Image
 
@@ -40,7 +41,8 @@ def shrunk_copies(tmp_path: Path, images: Path) -> None:
                                                        "perceptual_backbone": "random"}}}},
         "data": {"params": TINY_DATA}, "lightning": TINY_LIGHTNING})
     ldm = OmegaConf.merge(OmegaConf.load(REPO_ROOT / STAGE2), {
-        "model": {"params": {"image_size": 4, "first_stage_config": {"params": {"n_embed": 16, "ddconfig": TINY_DDCONFIG}},
+        "model": {"params": {"image_size": 4,
+                             "first_stage_config": {"params": {"n_embed": 16, "ddconfig": TINY_DDCONFIG}},
                              "unet_config": {"params": {"image_size": 4, "model_channels": 32, "channel_mult": [1, 2],
                                                         "attention_resolutions": [2], "num_res_blocks": 1}}}},
         "data": {"params": TINY_DATA}, "lightning": TINY_LIGHTNING})
@@ -60,6 +62,7 @@ def shrink(tool: str, argv: list[str]) -> list[str]:
     return replace_value(argv, "--n_samples", "2") + ["--steps", "2", "--device", "cpu", "--no-progress"]
 
 
+@pytest.mark.slow
 def test_readme_two_stage_chain(tmp_path, monkeypatch):
     readme = (REPO_ROOT / "README.md").read_text()
     lines = commands(code_block(readme, "## Training your own models"))

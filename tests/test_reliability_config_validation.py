@@ -11,7 +11,6 @@ from omegaconf import OmegaConf
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from cli_fixtures import write_yaml  # noqa: E402
-
 from ldm.cli.args import parse_args  # noqa: E402
 from ldm.cli.config_validation import init_parameters, validate_config  # noqa: E402
 from ldm.cli.train import main, run  # noqa: E402

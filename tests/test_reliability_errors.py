@@ -12,7 +12,6 @@ from omegaconf import OmegaConf
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from cli_fixtures import tiny_config, write_yaml  # noqa: E402
-
 from ldm.cli.train import main  # noqa: E402
 
 TINY = Path(__file__).resolve().parent / "fixtures" / "e2e_tiny_ldm.yaml"

@@ -7,13 +7,12 @@
 """
 import math
 
-import lightning as L
 import pytest
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from ldm.models.nonfinite import NonFiniteLossError
 from ldm.models.autoencoder import AutoencoderKL, VQModel
+from ldm.models.nonfinite import NonFiniteLossError
 from test_autoencoder_training import Blobs, loss_config, tiny_ddconfig, trainer
 
 

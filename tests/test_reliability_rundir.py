@@ -13,7 +13,6 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from cli_fixtures import tiny_config, write_yaml  # noqa: E402
-
 from ldm.callbacks.checkpoint_io import atomic_torch_save, remove_stale_temporaries  # noqa: E402
 from ldm.cli.logdir import RunPaths, reserve_run_directory  # noqa: E402
 from ldm.cli.train import main  # noqa: E402

@@ -12,7 +12,6 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from cli_fixtures import REPO_ROOT, subprocess_env, write_yaml  # noqa: E402
-
 from ldm.config_trust import UntrustedTargetError, restricted_targets  # noqa: E402
 from ldm.util import instantiate_from_config  # noqa: E402
 
@@ -34,6 +33,7 @@ def _evil_run(tmp_path: Path) -> tuple[Path, Path]:
     return run, marker
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("command", ["sample", "main", "evaluate", "cache_latents"])
 def test_a_planted_target_is_refused_in_one_line(tmp_path, command):
     run, marker = _evil_run(tmp_path)

@@ -372,6 +372,7 @@ def test_device_choice(monkeypatch):
     assert pick_device("auto") == torch.device("cuda")
 
 
+@pytest.mark.slow
 def test_module_entry_point_help():
     done = subprocess.run([sys.executable, "-m", "ldm.cli.sample", "inpaint", "--help"], cwd=REPO,
                           capture_output=True, text=True, timeout=60)

@@ -155,7 +155,8 @@ def test_learned_range_endpoints_equal_fixed_variances():
         assert torch.allclose(got, ref, atol=1e-5)
     # "learned": the extra channels are log-variances
     log_beta_model = lambda x, t, c: torch.cat([0.1 * x, torch.full_like(x, -50.0)], dim=1)
-    quiet = get_sampler("ddpm", SCHED, steps=50, variance_type="learned").sample(log_beta_model, x_T=torch.ones(2, 3), seed=0)
+    learned = get_sampler("ddpm", SCHED, steps=50, variance_type="learned")
+    quiet = learned.sample(log_beta_model, x_T=torch.ones(2, 3), seed=0)
     det = get_sampler("ddim", SCHED, steps=50, spacing="uniform").sample(eps_model, x_T=torch.ones(2, 3))
     assert torch.allclose(quiet, quiet[0].expand_as(quiet))  # no noise effectively added
     with pytest.raises(ValueError, match="2C channels"):
@@ -168,7 +169,7 @@ def test_clipping_and_dynamic_thresholding_bound_x0():
     for opts in [{"clip_denoised": True}, {"dynamic_threshold": 0.95}]:
         seen = []
         get_sampler("ddim", SCHED, "x0", steps=5, **opts).sample(
-            wild, (2, 8), seed=0, callback=lambda k, t, x, x0: seen.append(x0.abs().max().item()))
+            wild, (2, 8), seed=0, callback=lambda k, t, x, x0: seen.append(x0.abs().max().item()))  # noqa: B023
         assert max(seen) <= 1.0 + 1e-6
 
 

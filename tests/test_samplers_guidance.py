@@ -40,7 +40,8 @@ def test_guided_call_is_one_forward_at_double_batch():
     assert torch.allclose(out, u + 7.5 * (c - u), atol=1e-5)
     # inside a sampler: one forward per step, always at double batch
     model = CondModel()
-    get_sampler("ddim", SCHED, steps=8).sample(classifier_free_guidance(model, null, 3.0), (3, 2, 4, 4), cond=cond, seed=0)
+    guided = classifier_free_guidance(model, null, 3.0)
+    get_sampler("ddim", SCHED, steps=8).sample(guided, (3, 2, 4, 4), cond=cond, seed=0)
     assert model.batches == [6] * 8
 
 
@@ -49,7 +50,8 @@ def test_dict_and_list_conditions_are_stacked_cond_first():
 
     def model(x, t, cond):
         seen.update(cond)
-        return 0.1 * x + cond["vector"].mean(1).reshape(-1, 1, 1, 1) + cond["concat"].mean((1, 2, 3)).reshape(-1, 1, 1, 1)
+        vector, concat = cond["vector"].mean(1), cond["concat"].mean((1, 2, 3))
+        return 0.1 * x + vector.reshape(-1, 1, 1, 1) + concat.reshape(-1, 1, 1, 1)
 
     cond = {"crossattn": [torch.ones(2, 4, 8)], "concat": torch.ones(2, 1, 3, 3), "vector": torch.full((2, 6), 2.0)}
     null = {"crossattn": [torch.zeros(1, 4, 8)], "concat": torch.ones(2, 1, 3, 3), "vector": torch.zeros(2, 6)}

@@ -202,7 +202,8 @@ def test_dpmpp_2m_on_the_discrete_grid_equals_the_legacy_solver(noise):
     schedule = DiffusionSchedule.from_config("linear", 1000, 0.0015, 0.0195)
     model = discrete_eps_model(schedule)
     legacy = get_sampler("dpm_solver++", schedule, steps=15).sample(model, x_T=noise)
-    sigma_space = get_sampler("dpmpp_2m", schedule, steps=15, sigmas="discrete", spacing="logsnr").sample(model, x_T=noise)
+    dpmpp_2m = get_sampler("dpmpp_2m", schedule, steps=15, sigmas="discrete", spacing="logsnr")
+    sigma_space = dpmpp_2m.sample(model, x_T=noise)
     torch.testing.assert_close(sigma_space, legacy, rtol=1e-10, atol=1e-10)
 
 

@@ -6,12 +6,11 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+from key_dumps import read_keys
 from ldm.models.sd2 import LatentInpaintDiffusion, LatentUpscaleDiffusion
 from ldm.modules.upscaling import ImageConcatWithNoiseAugmentation
-from key_dumps import read_keys
 from ldm.util import instantiate_from_config
 from sd2_fixtures import SD2_NAMES, original_model_node, tiny_model_node
-
 
 
 def layout_state_dict(model, dump):

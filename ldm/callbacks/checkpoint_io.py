@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
@@ -97,14 +97,14 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         super().__init__()
         self.trust_checkpoint = trust_checkpoint
 
-    def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Optional[Any] = None) -> None:
+    def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
         if storage_options is not None:
             raise TypeError(f"{type(self).__name__}.save_checkpoint does not take storage_options")
         if not _is_local(path):  # remote file systems: Lightning's fsspec transaction
             return super().save_checkpoint(checkpoint, path)
         atomic_torch_save(checkpoint, path)
 
-    def load_checkpoint(self, path, map_location: Optional[Any] = None, weights_only: Optional[bool] = None) -> dict:
+    def load_checkpoint(self, path, map_location: Any | None = None, weights_only: bool | None = None) -> dict:
         if not _is_local(path):
             return super().load_checkpoint(path, weights_only=not self.trust_checkpoint)
         location = "cpu" if map_location is None else map_location

@@ -16,7 +16,8 @@ Grid files are named ``{key}_gs-{global_step:06}_e-{epoch:06}_b-{batch_idx:06}.p
 from __future__ import annotations
 
 import os
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import lightning as L
 import numpy as np

@@ -8,7 +8,8 @@ so a resumed run sees the latest settings.
 from __future__ import annotations
 
 import os
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import lightning as L
 from lightning.pytorch.utilities import rank_zero_info

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 _TRUE = {"yes", "true", "t", "y", "1", "on"}
 _FALSE = {"no", "false", "f", "n", "0", "off"}
@@ -52,7 +53,7 @@ class OptionalBool(argparse.Action):
         setattr(namespace, self.dest, True)
         leftovers = getattr(namespace, "_leftovers", None) or []
         leftovers.append(values)
-        setattr(namespace, "_leftovers", leftovers)
+        namespace._leftovers = leftovers
 
 
 def int_or_float(value: str) -> int | float:
@@ -177,10 +178,12 @@ def build_parser() -> argparse.ArgumentParser:
                           "(-b a.yaml -b b.yaml is -b a.yaml b.yaml)")
     run.add_argument("--allow-unknown-keys", "--allow_unknown_keys", dest="allow_unknown_keys", action="store_true",
                      help="report unknown config keys as notes instead of errors (deliberate extras)")
-    run.add_argument("-t", "--train", action=OptionalBool, default=False, help="train the model (trainer.fit); without -t only the test split is run")
+    run.add_argument("-t", "--train", action=OptionalBool, default=False,
+                     help="train the model (trainer.fit); without -t only the test split is run")
     run.add_argument("--no-test", "--no_test", dest="no_test", action=OptionalBool, default=False,
                      help="do not run the test split after training")
-    run.add_argument("-p", "--project", type=str, default=None, help="wandb project the run is logged to (with --logger wandb)")
+    run.add_argument("-p", "--project", type=str, default=None,
+                     help="wandb project the run is logged to (with --logger wandb)")
     run.add_argument("-d", "--debug", action=OptionalBool, default=False,
                      help="debug run: no checkpoint on exceptions; the log dir is moved to <logdir>/debug_runs")
     run.add_argument("-s", "--seed", type=int, default=23, help="seed for seed_everything (workers too)")

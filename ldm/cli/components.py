@@ -6,7 +6,8 @@ name to ``null`` to drop a default), ``lightning.modelcheckpoint`` (one node).
 """
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 

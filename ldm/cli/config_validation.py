@@ -25,7 +25,8 @@ import difflib
 import inspect
 import types
 import typing
-from typing import Any, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 

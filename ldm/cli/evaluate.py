@@ -25,9 +25,9 @@ import json
 import math
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
@@ -46,7 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
     ref = parser.add_mutually_exclusive_group()
     ref.add_argument("--reference", help="folder of reference images (searched recursively)")
     ref.add_argument("--reference-config", help="data config (YAML) whose dataset yields dict samples with 'image'")
-    parser.add_argument("--split", default="validation", help="dataset split of --reference-config (default: validation)")
+    parser.add_argument("--split", default="validation",
+                        help="dataset split of --reference-config (default: validation)")
     parser.add_argument("--metrics", default=None,
                         help=f"comma list; generated images: {','.join(GENERATIVE_METRICS)} (default all); "
                              f"autoencoder: {','.join(RECONSTRUCTION_METRICS)} (default all)")
@@ -158,7 +159,8 @@ def evaluate_reconstructions(args: argparse.Namespace) -> dict:
         raise ValueError("--generated is not used with --autoencoder-config (reconstructions are made from the data)")
     reference = _reference_source(args, config_fallback=_config_with_data(args.autoencoder_config))
     if reference is None:
-        raise ValueError("reconstruction metrics need data: pass --reference-config data.yaml [--split S] or --reference DIR")
+        raise ValueError("reconstruction metrics need data: pass --reference-config data.yaml [--split S] "
+                         "or --reference DIR")
     extractor = build_feature_extractor(args.feature_extractor, allow_download=args.download_weights) \
         if "rfid" in metrics else None
     lpips_model = build_lpips(args.lpips_backbone, args.lpips_weights, seed=args.seed) if "lpips" in metrics else None

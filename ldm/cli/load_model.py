@@ -14,9 +14,10 @@ original files need not exist on the sampling machine.
 from __future__ import annotations
 
 import glob
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from ldm.cli.logdir import run_dir_of_checkpoint
 

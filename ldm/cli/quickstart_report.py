@@ -41,7 +41,8 @@ def target_summary(report: dict) -> dict:
 def reproducible_numbers(report: dict) -> dict[str, float]:
     """The numbers a rerun with the same seed must repeat: step counts, PSNR, every accuracy, the
     unconditional histogram and TV, the latent scale factors (not times, paths or the machine)."""
-    numbers = {"autoencoder.steps": report["autoencoder"]["steps"], "autoencoder.psnr_db": report["autoencoder"]["psnr_db"]}
+    numbers = {"autoencoder.steps": report["autoencoder"]["steps"],
+               "autoencoder.psnr_db": report["autoencoder"]["psnr_db"]}
     for kind in ("class_conditional", "text_conditional"):
         part = report[kind]
         for key, value in part.items():

@@ -29,10 +29,11 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from collections.abc import Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from ldm.cli.load_model import SampleError
 
@@ -259,9 +260,16 @@ def run(argv: Sequence[str] | None = None) -> SampleResult:
     from ldm.cli.load_model import load_model
     from ldm.cli.sampling_draw import build_sampler, draw_batch, sampler_settings
     from ldm.cli.sampling_io import SampleWriter, load_image, load_mask
-    from ldm.cli.sampling_model import (conditioning_kind, describe, downsample_mask, encode_images,
-                                        first_stage_factor, grid_rows, image_channels, latent_shape)
-
+    from ldm.cli.sampling_model import (
+        conditioning_kind,
+        describe,
+        downsample_mask,
+        encode_images,
+        first_stage_factor,
+        grid_rows,
+        image_channels,
+        latent_shape,
+    )
     from ldm.config_trust import trust_policy
 
     with trust_policy(args.trust_config, args.allow_target, source=args.run or " ".join(args.config) or "the config"):
@@ -269,8 +277,9 @@ def run(argv: Sequence[str] | None = None) -> SampleResult:
                             trust_checkpoint=args.unsafe_load)
     model = loaded.model
     if not callable(getattr(model, "run_sampler", None)):
-        raise SampleError(f"{args.run or args.ckpt} holds a {type(model).__name__}, not a diffusion model: sample draws "
-                          "from DDPM / LatentDiffusion runs. For an autoencoder, check its reconstructions with "
+        raise SampleError(f"{args.run or args.ckpt} holds a {type(model).__name__}, not a diffusion model: "
+                          "sample draws from DDPM / LatentDiffusion runs. For an autoencoder, check its "
+                          "reconstructions with "
                           "python -m ldm.cli.evaluate --autoencoder-config ... --autoencoder-ckpt ...")
     for note in loaded.notes:
         print(f"note: {note}")
@@ -356,13 +365,15 @@ def run(argv: Sequence[str] | None = None) -> SampleResult:
                                      "checkpoint": str(loaded.checkpoint),
                                      "configs": [str(c) for c in loaded.config_files],
                                      "conditioning": describe(model)},
-        "sampler": settings.name, "sigmas": getattr(sampler, "sigma_schedule", None), "steps": settings.steps, "steps_run": sampler.num_steps, "eta": settings.eta,
+        "sampler": settings.name, "sigmas": getattr(sampler, "sigma_schedule", None), "steps": settings.steps,
+        "steps_run": sampler.num_steps, "eta": settings.eta,
         "scale": scale, "rescale": args.rescale, "seed": args.seed, "n_samples": args.n_samples,
         "batch_size": args.batch_size, "H": height, "W": width, "latent_shape": list(shape), "ema": use_ema,
         "device": str(device), "conditions": conditions if kind != "none" else [],
         "strength": getattr(args, "strength", None), "init_img": getattr(args, "init_img", None),
         "mask": getattr(args, "mask", None), "input": getattr(args, "input", None),
-        "negative_prompt": negative, "concat_inputs": sorted(spatial_raw) if spatial else [], "paste_known": None if args.mode != "inpaint" else not args.no_paste,
+        "negative_prompt": negative, "concat_inputs": sorted(spatial_raw) if spatial else [],
+        "paste_known": None if args.mode != "inpaint" else not args.no_paste,
         "seconds": round(seconds, 3), "seconds_per_image": round(seconds / max(1, len(items)), 4),
     }
     settings_path, record = writer.write_settings(record, items if kind != "none" else [None] * len(items))

@@ -48,7 +48,8 @@ def _single(inputs: list[ConcatInput], mode: str, want, what: str) -> ConcatInpu
     matching = [i for i in inputs if want(i)]
     if len(inputs) != 1 or not matching:
         have = ", ".join(f"{i.key!r} ({i.channels} ch)" for i in inputs) or "none"
-        raise SampleError(f"mode {mode!r} needs a model with one {what} concat input; this model's concat inputs: {have}")
+        raise SampleError(f"mode {mode!r} needs a model with one {what} concat input; "
+                          f"this model's concat inputs: {have}")
     return matching[0]
 
 
@@ -87,8 +88,11 @@ def spatial_condition(args, model) -> tuple[dict, tuple[int, int], dict]:
         return {entry.key: lr}, (height, width), {}
     if args.mode == "mask2img":
         entry = _single(inputs, "mask2img", lambda i: i.channels != 3, "mask / semantic-map")
-        default = round_to_multiple(model, *(round(s / entry.per_latent * f) for s in image_size(args.input, "--input"))) \
-            if args.H is None and args.W is None else trained_pixel_size(model)
+        if args.H is None and args.W is None:
+            default = round_to_multiple(model, *(round(s / entry.per_latent * f)
+                                                 for s in image_size(args.input, "--input")))
+        else:
+            default = trained_pixel_size(model)
         height, width = args.H or default[0], args.W or default[1]
         latent_shape(model, height, width)
         ih, iw = round(height / f * entry.per_latent), round(width / f * entry.per_latent)

@@ -12,7 +12,7 @@ into the command's words (flag names, ``SampleError``):
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 

@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from omegaconf import OmegaConf
 
@@ -78,7 +79,8 @@ def has_step(model: Any, name: str) -> bool:
 
 
 # -- learning rate -------------------------------------------------------------------------
-def configure_learning_rate(model: Any, config: Mapping, trainer: Any, scale_lr: bool) -> tuple[float | None, float | None]:
+def configure_learning_rate(model: Any, config: Mapping, trainer: Any,
+                            scale_lr: bool) -> tuple[float | None, float | None]:
     """Set ``model.learning_rate`` from ``model.base_learning_rate``; print base and effective LR.
 
     With ``--scale_lr`` the original rule applies: effective = accumulate_grad_batches x devices x

@@ -8,7 +8,7 @@ keep their values; the only reshape is the VAE's mid-block attention (1×1 convo
 from __future__ import annotations
 
 import re
-from typing import Mapping
+from collections.abc import Mapping
 
 import torch
 

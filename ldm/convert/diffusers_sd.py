@@ -22,8 +22,15 @@ from typing import Any
 
 import torch
 
-from ldm.convert.diffusers_keys import (hf_to_open_clip, open_clip_to_hf, reshape_for, strip_text_model,
-                                        unet_key_map, vae_key_map, with_prefix_of)
+from ldm.convert.diffusers_keys import (
+    hf_to_open_clip,
+    open_clip_to_hf,
+    reshape_for,
+    strip_text_model,
+    unet_key_map,
+    vae_key_map,
+    with_prefix_of,
+)
 
 OPEN_CLIP_EXTRA = "ldm_open_clip_extra.safetensors"
 PREDICTION_TYPES = {"eps": "epsilon", "v": "v_prediction", "x0": "sample"}
@@ -117,7 +124,8 @@ def unet_to_diffusers(unet):
 def vae_config(first_stage, scale_factor: float) -> dict[str, Any]:
     enc, dec = first_stage.encoder, first_stage.decoder
     if any(len(stage.attn) for stage in list(enc.down) + list(dec.up)):
-        raise ConversionError("diffusers' AutoencoderKL has no attention inside the levels: attn_resolutions must be []")
+        raise ConversionError("diffusers' AutoencoderKL has no attention inside the levels: "
+                              "attn_resolutions must be []")
     if first_stage.embed_dim != dec.z_shape[1]:
         raise ConversionError(f"diffusers' AutoencoderKL needs embed_dim == z_channels "
                               f"({first_stage.embed_dim} vs {dec.z_shape[1]})")

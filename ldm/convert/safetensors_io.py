@@ -8,8 +8,8 @@ every ``model.<name>`` that has a shadow ``model_ema.<name without dots>`` (the 
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
 
 import torch
 

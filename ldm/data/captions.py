@@ -13,7 +13,8 @@ from __future__ import annotations
 import csv
 import json
 import os
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 FILE_COLUMNS = ("file", "file_name", "filename", "image", "path", "image_path")
 CAPTION_COLUMNS = ("caption", "text", "prompt")

@@ -14,7 +14,8 @@ The models never import a dataset, a cache or a loader; they read batches throug
 """
 from __future__ import annotations
 
-from typing import Any, Mapping, Protocol, runtime_checkable
+from collections.abc import Mapping
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 

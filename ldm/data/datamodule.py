@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import os
 import random
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import lightning.pytorch as pl
 import numpy as np
@@ -105,7 +106,8 @@ class DataModuleFromConfig(pl.LightningDataModule):
         if int(batch_size) <= 0:
             raise ValueError(f"DataModuleFromConfig: batch_size must be a positive integer, got {batch_size}")
         self.batch_size = int(batch_size)
-        self.num_workers = int(num_workers) if num_workers is not None else min(2 * self.batch_size, os.cpu_count() or 1)
+        default_workers = min(2 * self.batch_size, os.cpu_count() or 1)
+        self.num_workers = int(num_workers) if num_workers is not None else default_workers
         if self.num_workers < 0:
             raise ValueError(f"DataModuleFromConfig: num_workers must be >= 0, got {num_workers}")
         self.wrap = bool(wrap)

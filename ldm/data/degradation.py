@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import io
 import random
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 from PIL import Image, ImageFilter
@@ -39,7 +39,8 @@ def _bsrgan(light: bool) -> Callable[[Image.Image, int], Image.Image]:
 
     def noise(image, _):
         array = np.asarray(image, dtype=np.float32) / 255.0
-        array = array + np.random.default_rng(random.getrandbits(32)).normal(0, random.uniform(0, max_noise), array.shape)
+        rng = np.random.default_rng(random.getrandbits(32))
+        array = array + rng.normal(0, random.uniform(0, max_noise), array.shape)
         return Image.fromarray((np.clip(array, 0, 1) * 255).round().astype(np.uint8))
 
     def jpeg(image, _):

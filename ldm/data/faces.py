@@ -12,7 +12,7 @@ centre for validation). Pass ``file_list=None`` to use every image found under `
 from __future__ import annotations
 
 import os
-from typing import Sequence
+from collections.abc import Sequence
 
 from ldm.data.folder import DATA_DIR_ENV, ImageFolderDataset, data_dir
 

@@ -14,7 +14,8 @@ Samples: ``image`` float ``3×H×W`` in [-1, 1], ``file_path_``, ``relpath``, an
 from __future__ import annotations
 
 import os
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from ldm.data.captions import load_caption_table, lookup_caption, read_sidecar_caption
 from ldm.data.image_files import is_image_file
@@ -120,7 +121,8 @@ class ImageFolderDataset(SkippingDataset):
                 raise self._missing("image folder", root, hint)
             relpaths = scan_images(root, recursive=recursive)
         else:
-            raise ValueError(f"{self.dataset_name}: give `root` (a folder of images), `file_list` (+ `data_root`) or `paths`")
+            raise ValueError(f"{self.dataset_name}: give `root` (a folder of images), `file_list` (+ `data_root`) "
+                             "or `paths`")
         if not relpaths:
             where = file_list or root
             raise FileNotFoundError(f"{self.dataset_name}: no images found in {os.path.abspath(where)}. {hint}".strip())

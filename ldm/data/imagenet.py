@@ -24,7 +24,8 @@ from __future__ import annotations
 
 import os
 import random
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from PIL import Image
 
@@ -95,7 +96,8 @@ class ImageNetBase(ImageFolderDataset):
         size = options.get("size", size)
         root = find_split_dir(self.split, options.get("data_root", data_root))
         super().__init__(root=root, size=size, random_crop=options.get("random_crop", random_crop),
-                         flip_p=options.get("flip_p", flip_p), interpolation=options.get("interpolation", interpolation),
+                         flip_p=options.get("flip_p", flip_p),
+                         interpolation=options.get("interpolation", interpolation),
                          class_folders=True, classes=options.get("synsets", synsets),
                          strict=options.get("strict", strict), dataset_name=type(self).__name__)
         self.human_labels = _read_human_labels(root)
@@ -129,7 +131,8 @@ class ImageNetSR(ImageNetBase):
         if size is None or int(size) <= 0:
             raise ValueError(f"{type(self).__name__}: `size` (the high-res side) is required, got {size}")
         if not 0 < min_crop_f <= max_crop_f <= 1:
-            raise ValueError(f"{type(self).__name__}: need 0 < min_crop_f <= max_crop_f <= 1, got {min_crop_f}, {max_crop_f}")
+            raise ValueError(f"{type(self).__name__}: need 0 < min_crop_f <= max_crop_f <= 1, "
+                             f"got {min_crop_f}, {max_crop_f}")
         if int(size) % int(downscale_f):
             raise ValueError(f"{type(self).__name__}: size {size} is not divisible by downscale_f {downscale_f}")
         super().__init__(size=None, data_root=data_root, strict=strict, **kwargs)

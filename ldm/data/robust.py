@@ -96,7 +96,8 @@ class SkipReporting:
     def skip_report(self) -> str:
         names = self.skipped_files
         shown = ", ".join(names[:5]) + (" ..." if len(names) > 5 else "")
-        return f"{type(self).__name__}: {self.num_skipped} unreadable sample(s) skipped" + (f" ({shown})" if names else "")
+        detail = f" ({shown})" if names else ""
+        return f"{type(self).__name__}: {self.num_skipped} unreadable sample(s) skipped{detail}"
 
 
 class SkippingDataset(SkipReporting, Dataset):

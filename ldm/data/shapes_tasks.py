@@ -19,8 +19,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ldm.data.shapes import SPLIT_IDS, ShapesDataset
 from ldm.data.contracts import masked_image
+from ldm.data.shapes import SPLIT_IDS, ShapesDataset
 
 
 def box_mask(rng: np.random.Generator, silhouette: np.ndarray, hole_min: float, hole_max: float) -> np.ndarray:

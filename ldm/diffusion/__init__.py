@@ -6,7 +6,6 @@ from .gaussian import (
     log_snr,
     output_from_x0_eps,
     posterior_coefficients,
-    x0_eps_from_output,
     predict_eps_from_v,
     predict_eps_from_x0,
     predict_v,
@@ -17,8 +16,9 @@ from .gaussian import (
     q_sample_at,
     sigma_ve,
     to_x0_eps,
-    vp_from_sigma_ve,
     training_target,
+    vp_from_sigma_ve,
+    x0_eps_from_output,
 )
 from .likelihood import (
     bits_per_dim,
@@ -50,7 +50,8 @@ __all__ = [
     "BETA_SCHEDULES", "PARAMETERIZATIONS", "VARIANCE_TYPES", "DiffusionSchedule", "as_schedule",
     "bits_per_dim", "check_parameterization", "discretized_gaussian_log_likelihood", "elbo_mse_weights",
     "extract", "fixed_large_log_variance", "learned_range_log_variance", "make_beta_schedule", "mean_flat",
-    "normal_kl", "output_from_x0_eps", "x0_eps_from_output", "p_mean_variance", "predict_eps_from_v", "predict_eps_from_x0", "predict_v",
+    "normal_kl", "output_from_x0_eps", "x0_eps_from_output", "p_mean_variance", "predict_eps_from_v",
+    "predict_eps_from_x0", "predict_v",
     "predict_x0_from_eps", "predict_x0_from_v", "prior_bpd", "q_posterior", "q_sample",
     "rescale_zero_terminal_snr", "split_variance_output", "threshold_x0", "to_x0_eps", "training_target",
     "vlb_terms", "interpolate_log_variance", "log_snr", "posterior_coefficients", "q_sample_at", "sigma_ve",

@@ -182,7 +182,7 @@ def posterior_coefficients(a, a_prev, beta=None) -> tuple:
 
 def interpolate_log_variance(v, log_beta, log_beta_tilde):
     """Improved-DDPM Eq. (15): ``log sigma^2 = f log beta + (1 - f) log beta-tilde`` with
-    ``f = (v + 1)/2`` from the network's extra channels ``v`` in [-1, 1] (foundations Ch. 6, Eq. 6.3-6.4)."""
+    ``f = (v + 1)/2`` from the network's extra channels ``v`` in [-1, 1] (the reference code's map to [0, 1])."""
     frac = (v + 1) / 2
     return frac * log_beta + (1 - frac) * log_beta_tilde
 

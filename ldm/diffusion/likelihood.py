@@ -1,4 +1,4 @@
-"""Variational bound terms and bits/dim (DDPM Eq. 5, 8, 12, 13; foundations seed Ch. 6).
+"""Variational bound terms and bits/dim (DDPM Eq. 5, 8, 12, 13; with learned variances, Improved DDPM Sec. 3.1).
 
 DDPM Eq. (5) splits the negative ELBO into
 ``L_T = KL(q(x_T|x0) || N(0, I))`` (the prior term), ``L_{t-1} = KL(q(x_{t-1}|x_t,x0) ||
@@ -10,7 +10,7 @@ divided by ln 2.
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
@@ -85,7 +85,7 @@ def vlb_terms(schedule: DiffusionSchedule, x0: torch.Tensor, x_t: torch.Tensor, 
     """Per-sample VLB term in bits/dim: the decoder NLL where ``t == 0`` (DDPM Eq. 13), else
     ``KL(q(x_{t-1}|x_t,x0) || p(x_{t-1}|x_t))`` (DDPM Eq. 5).
 
-    For the hybrid loss (foundations Ch. 6.1) pass a detached ``model_mean`` so only the
+    For the hybrid loss (Improved DDPM Sec. 3.1, stop-gradient on the mean) pass a detached ``model_mean`` so only the
     variance learns from this term.
     """
     true_mean, _, true_logvar = q_posterior(schedule, x0, x_t, t)

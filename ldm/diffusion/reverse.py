@@ -8,8 +8,8 @@ DDPM Eq. (11) for an eps-model when x0 is not clipped. Variance choices (``varia
   reference code, so the t=0 decoder keeps a sensible variance (no noise is added at t=0).
 - ``learned``: the model returns 2C channels, the last C being log sigma^2 directly.
 - ``learned_range``: the model returns 2C channels, the last C a value v in [-1, 1];
-  log sigma^2 = f log beta_t + (1 - f) log beta-tilde_t with f = (v + 1)/2
-  (Improved DDPM; foundations seed Ch. 6, Eq. 6.3-6.4).
+  log sigma^2 = f log beta_t + (1 - f) log beta-tilde_t (Improved DDPM, Nichol & Dhariwal 2021, Eq. 15)
+  with f = (v + 1)/2, the reference code's map of the model output to [0, 1].
 """
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ def fixed_large_log_variance(schedule: DiffusionSchedule) -> torch.Tensor:
 
 
 def learned_range_log_variance(schedule: DiffusionSchedule, v: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-    """Interpolate log variance between beta-tilde_t and beta_t (Improved-DDPM Eq. 15; foundations Ch. 6).
+    """Interpolate log variance between beta-tilde_t and beta_t (Improved DDPM Eq. 15).
 
     ``v`` is the raw network output in [-1, 1]; ``frac = (v + 1)/2``;
     ``log sigma^2 = frac * log(beta_t) + (1 - frac) * posterior_log_variance_clipped[t]``.

@@ -12,8 +12,8 @@ dtype/device of the tensor they are combined with.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, fields
-from typing import Sequence
 
 import torch
 
@@ -119,7 +119,7 @@ class DiffusionSchedule:
         return sigma_ve(self.alphas_cumprod)
 
     @classmethod
-    def from_betas(cls, betas: torch.Tensor | Sequence[float]) -> "DiffusionSchedule":
+    def from_betas(cls, betas: torch.Tensor | Sequence[float]) -> DiffusionSchedule:
         """Derive every constant from the betas (DDPM Eq. 4 and the posterior Eq. 6-7)."""
         betas = torch.as_tensor(betas, dtype=torch.float64).detach().cpu().flatten()
         if betas.numel() < 2:
@@ -153,7 +153,7 @@ class DiffusionSchedule:
         )
 
     @classmethod
-    def from_alphas_cumprod(cls, alphas_cumprod: torch.Tensor | Sequence[float]) -> "DiffusionSchedule":
+    def from_alphas_cumprod(cls, alphas_cumprod: torch.Tensor | Sequence[float]) -> DiffusionSchedule:
         """Rebuild the schedule from alpha-bar (e.g. a checkpoint's ``alphas_cumprod`` buffer)."""
         ac = torch.as_tensor(alphas_cumprod, dtype=torch.float64).detach().cpu().flatten()
         if ac.numel() < 2 or not bool(((ac >= 0) & (ac < 1)).all()) or not bool((ac[1:] <= ac[:-1]).all()):
@@ -171,7 +171,7 @@ class DiffusionSchedule:
         cosine_s: float = 8e-3,
         given_betas: Sequence[float] | None = None,
         zero_terminal_snr: bool = False,
-    ) -> "DiffusionSchedule":
+    ) -> DiffusionSchedule:
         """Build from the original DDPM ``register_schedule`` arguments (same names)."""
         if given_betas is not None:
             betas = torch.as_tensor(given_betas, dtype=torch.float64)

@@ -26,8 +26,9 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable, NamedTuple
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -63,7 +64,7 @@ class ImageFeatureExtractor(nn.Module):
     comparable_to_published: bool = False
     note: str = ""
 
-    def train(self, mode: bool = True) -> "ImageFeatureExtractor":  # noqa: ARG002 - never trains
+    def train(self, mode: bool = True) -> ImageFeatureExtractor:  # noqa: ARG002 - never trains
         return super().train(False)
 
     def describe(self) -> dict:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import warnings
-from typing import Iterable
+from collections.abc import Iterable
 
 from torch import Tensor, nn
 

@@ -14,7 +14,7 @@ originals and reconstructions.
 """
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 import torch
 from torch import Tensor, nn
@@ -100,7 +100,8 @@ class ReconstructionEvaluator:
         self.metrics = list(metrics)
         unknown = [m for m in self.metrics if m not in RECONSTRUCTION_METRICS]
         if unknown:
-            raise ValueError(f"unknown reconstruction metrics {unknown}; choose from {', '.join(RECONSTRUCTION_METRICS)}")
+            raise ValueError(f"unknown reconstruction metrics {unknown}; "
+                             f"choose from {', '.join(RECONSTRUCTION_METRICS)}")
         if "rfid" in self.metrics and feature_extractor is None:
             raise ValueError("rFID needs a feature extractor")
         if "lpips" in self.metrics and lpips_model is None:

@@ -15,8 +15,8 @@ Nothing is learned, so the score is deterministic and identical across machines.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from functools import lru_cache
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -45,7 +45,8 @@ def _features(mask: np.ndarray) -> np.ndarray | None:
     fill = area / (height * width)
     top = box[: height // 2].sum() + (0.5 * box[height // 2].sum() if height % 2 else 0.0)
     corner_h, corner_w = max(1, round(height / 4)), max(1, round(width / 4))
-    corners = [box[:corner_h, :corner_w], box[:corner_h, -corner_w:], box[-corner_h:, :corner_w], box[-corner_h:, -corner_w:]]
+    corners = [box[:corner_h, :corner_w], box[:corner_h, -corner_w:],
+               box[-corner_h:, :corner_w], box[-corner_h:, -corner_w:]]
     corner_fill = float(np.mean([c.mean() for c in corners]))
     return np.array([fill, top / area, corner_fill])
 
@@ -62,7 +63,10 @@ def shape_prototypes() -> np.ndarray:
 
 
 def _to_unit_hwc(images: torch.Tensor | np.ndarray) -> np.ndarray:
-    array = images.detach().float().cpu().numpy() if isinstance(images, torch.Tensor) else np.asarray(images, np.float32)
+    if isinstance(images, torch.Tensor):
+        array = images.detach().float().cpu().numpy()
+    else:
+        array = np.asarray(images, np.float32)
     if array.ndim == 3:
         array = array[None]
     if array.ndim != 4 or array.shape[1] != 3:
@@ -140,7 +144,8 @@ def oracle_accuracy(images: torch.Tensor | np.ndarray, class_labels: torch.Tenso
     return float((predicted == labels).float().mean()) if labels.numel() else float("nan")
 
 
-def caption_accuracy(images: torch.Tensor | np.ndarray, captions: Sequence[str], include_position: bool = False) -> float:
+def caption_accuracy(images: torch.Tensor | np.ndarray, captions: Sequence[str],
+                     include_position: bool = False) -> float:
     """Fraction of images whose shape and colour (and, optionally, grid position) match the caption."""
     captions = list(captions)
     shape, color = predict_attributes(images)

@@ -14,7 +14,8 @@ Training (LDM Eq. 25: the adversarial step, gradient accumulation, the non-finit
 """
 from __future__ import annotations
 
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import numpy as np
 import torch
@@ -185,7 +186,8 @@ class VQModel(EmaScope, AdversarialAutoencoder):
     def extra_logs(self, aux, split: str) -> dict:
         _, info = aux
         if split == "val":
-            self._val_code_counts += torch.bincount(info.indices.reshape(-1), minlength=self._val_code_counts.numel()).to(self._val_code_counts)
+            counts = torch.bincount(info.indices.reshape(-1), minlength=self._val_code_counts.numel())
+            self._val_code_counts += counts.to(self._val_code_counts)
         return {f"{split}/perplexity": info.perplexity.detach(), f"{split}/codebook_usage": info.usage.detach()}
 
     def on_validation_epoch_start(self) -> None:

@@ -4,9 +4,10 @@ Training minimises LDM Eq. (25) with Lightning 2 manual optimisation: one autoen
 batch, an autoencoder update (Adam, betas (0.5, 0.9)) and, from ``disc_start`` on, a discriminator
 update. Gradients are accumulated over N batches (each backward
 scaled by 1/N; N = ``accumulate_grad_batches``, a model parameter because Lightning 2 forbids the
-trainer setting with manual optimisation); optimisers step on the N-th batch. ``gan_step`` counts autoencoder updates (the
-original's ``global_step``; Lightning's own ``global_step`` counts both optimisers' steps) and is
-stored in checkpoints. Each backward pass leaves some parameters without a gradient (the frozen or
+trainer setting with manual optimisation); optimisers step on the N-th batch. ``gan_step`` counts
+autoencoder updates (the original's ``global_step``; Lightning's own ``global_step`` counts both
+optimisers' steps) and is stored in checkpoints. Each backward pass leaves some parameters without a
+gradient (the frozen or
 idle discriminator, or the autoencoder behind a detached reconstruction), so the model asks DDP for
 ``find_unused_parameters=True`` (``ddp_find_unused_parameters``, see :mod:`ldm.distributed`): plain
 ``--strategy ddp`` works.
@@ -19,7 +20,7 @@ reported; ``max_nonfinite_steps`` bad steps in a row stop training (the guard of
 """
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 import lightning as L
 import torch
@@ -160,7 +161,8 @@ class AdversarialAutoencoder(L.LightningModule):
         if scheduler_config is None:
             return optimizers
         schedule = instantiate_from_config(scheduler_config, node="scheduler_config")
-        schedulers = [{"scheduler": torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda=schedule.schedule), "interval": "step"}
+        schedulers = [{"scheduler": torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda=schedule.schedule),
+                       "interval": "step"}
                       for opt in optimizers]
         return optimizers, schedulers
 

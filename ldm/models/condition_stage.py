@@ -14,7 +14,7 @@ asks these instead of looking at the conditioner's class.
 """
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 import torch
 from torch import nn
@@ -110,7 +110,8 @@ class ConditionStage:
             if negative is not None and not isinstance(negative, Mapping):
                 keys = [k for k, s in zip(model.input_keys, model.output_keys) if s == "crossattn"]
                 if len(keys) != 1:
-                    raise ValueError(f"a negative prompt needs exactly one cross-attention input, this stack has {keys}")
+                    raise ValueError("a negative prompt needs exactly one cross-attention input, this stack "
+                                     f"has {keys}")
                 negative = {keys[0]: negative}
             null = model.null_condition(raw, overrides=negative)
         elif negative is not None:

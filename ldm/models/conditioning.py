@@ -79,7 +79,8 @@ def as_condition_dict(cond, conditioning_key) -> dict:
         raise ValueError(f"conditioning_key={conditioning_key!r} needs a dict condition with the entries "
                          f"{list(REQUIRED_ENTRIES[conditioning_key])}")
     entry = BARE_TENSOR_ENTRY[conditioning_key]
-    if isinstance(cond, Sequence) and not isinstance(cond, torch.Tensor) and any(not isinstance(c, torch.Tensor) for c in cond):
+    if (isinstance(cond, Sequence) and not isinstance(cond, torch.Tensor)
+            and any(not isinstance(c, torch.Tensor) for c in cond)):
         raise TypeError(f"condition list must hold tensors, got {[type(c).__name__ for c in cond]}")
     return {entry: _join(cond, entry)}
 

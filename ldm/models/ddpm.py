@@ -22,19 +22,33 @@ from __future__ import annotations
 
 import dataclasses
 import warnings
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import lightning as L
 import torch
 from torch import nn
 
 from ldm.data.contracts import LATENT_MEAN_KEY
-from ldm.diffusion import (DiffusionSchedule, check_parameterization, elbo_mse_weights, q_sample,
-                           split_variance_output, training_target)
+from ldm.diffusion import (
+    DiffusionSchedule,
+    check_parameterization,
+    elbo_mse_weights,
+    q_sample,
+    split_variance_output,
+    training_target,
+)
 from ldm.diffusion.reverse import check_variance_type
 from ldm.models.conditioning import DiffusionWrapper, as_condition_dict, check_conditioning_key
-from ldm.models.diffusion_loss import (LOSS_TYPES, elementwise_loss, hybrid_vlb_term, min_snr_weight, offset_noise,
-                                       per_sample_mean, snr_at)
+from ldm.models.diffusion_loss import (
+    LOSS_TYPES,
+    elementwise_loss,
+    hybrid_vlb_term,
+    min_snr_weight,
+    offset_noise,
+    per_sample_mean,
+    snr_at,
+)
 from ldm.models.diffusion_sampling import DiffusionSampling
 from ldm.models.diffusion_state_dict import DiffusionCheckpoint
 from ldm.models.ema import EmaScope
@@ -144,13 +158,15 @@ class DDPM(DiffusionCheckpoint, DiffusionSampling, EmaScope, L.LightningModule):
                 and out_channels != 2 * self.channels:
             from ldm.util import ConfigError
 
-            raise ConfigError(f"variance_type={self.variance_type} needs unet_config.params.out_channels = 2 x channels "
+            raise ConfigError(f"variance_type={self.variance_type} needs unet_config.params.out_channels = "
+                              "2 x channels "
                               f"= {2 * self.channels} (the model predicts the mean and the variance), got "
                               f"{out_channels}; set model.params.unet_config.params.out_channels={2 * self.channels}")
 
     def _configure_speed(self, channels_last, compile, gradient_checkpointing, skip_nonfinite,
                          max_nonfinite_steps) -> None:
-        """The UNet's speed switches and the non-finite loss guard (:mod:`ldm.models.unet_switches`, :mod:`ldm.models.nonfinite`)."""
+        """The UNet's speed switches and the non-finite loss guard (:mod:`ldm.models.unet_switches`,
+        :mod:`ldm.models.nonfinite`)."""
         from ldm.models.nonfinite import NonFiniteGuard
         from ldm.models.unet_switches import apply_unet_switches
 
@@ -237,7 +253,8 @@ class DDPM(DiffusionCheckpoint, DiffusionSampling, EmaScope, L.LightningModule):
         for key in (self.first_stage_key, LATENT_MEAN_KEY):  # images, or a latent-cache batch
             if isinstance(batch.get(key), torch.Tensor):
                 return int(batch[key].shape[0])
-        raise KeyError(f"batch has no tensor under {self.first_stage_key!r} (keys: {sorted(batch)}); check first_stage_key")
+        raise KeyError(f"batch has no tensor under {self.first_stage_key!r} (keys: {sorted(batch)}); "
+                       "check first_stage_key")
 
     def sample_timesteps(self, batch_size: int, device) -> torch.Tensor:
         return torch.randint(0, self.num_timesteps, (batch_size,), device=device, dtype=torch.long)

@@ -6,9 +6,9 @@ tested on their own. All losses are computed in float32 whatever the autocast dt
   parameterisation.
 - :func:`offset_noise`: noise with a per-channel constant added (offset noise).
 - :func:`hybrid_vlb_term`: the VLB part of Improved DDPM's hybrid loss
-  ``L_hybrid = L_simple + lambda * L_vlb`` with a stop-gradient on the mean (foundations seed,
-  Ch. 6.1, Eq. 6.1), for learned (``learned``) or learned-range (``learned_range``, Eq. 6.3-6.4)
-  variances.
+  ``L_hybrid = L_simple + lambda * L_vlb`` with a stop-gradient on the mean (Improved DDPM,
+  Nichol & Dhariwal 2021, Eq. 16 and Sec. 3.1), for learned (``learned``) or learned-range
+  (``learned_range``, Eq. 15) variances.
 """
 from __future__ import annotations
 
@@ -73,8 +73,8 @@ def hybrid_vlb_term(schedule: DiffusionSchedule, prediction: torch.Tensor, varia
                     variance_type: str) -> torch.Tensor:
     """Per-sample ``T * L_t`` in bits/dim, an unbiased estimate of the whole bound ``L_vlb``.
 
-    The mean is built from ``prediction.detach()`` (foundations seed, Ch. 6.1, gradient
-    isolation), so only the variance output learns from this term; the mean is trained by
+    The mean is built from ``prediction.detach()`` (the stop-gradient of Improved DDPM Sec. 3.1),
+    so only the variance output learns from this term; the mean is trained by
     ``L_simple`` alone. ``L_t`` is the KL of DDPM Eq. (5) for ``t > 0`` and the discretised
     decoder NLL (DDPM Eq. 13) at ``t = 0``. Scaling by ``T`` makes ``lambda = 1e-3`` the
     Improved-DDPM setting whatever the number of timesteps.

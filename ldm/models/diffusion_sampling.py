@@ -12,7 +12,7 @@ Settings: explicit arguments over the YAML ``sampler_config`` over the built-in 
 """
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 

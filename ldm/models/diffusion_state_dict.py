@@ -16,7 +16,7 @@ and :func:`ldm.checkpoint.load_weights` all behave the same):
 """
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 
@@ -46,7 +46,8 @@ def prepare_state_dict(state_dict: Mapping, own_state: Mapping, shadow_of: Mappi
     out = {k: v for k, v in state_dict.items() if k in own_state or not is_stale_key(k)}
     dropped = [k for k in state_dict if k not in out]
     if dropped:
-        notes.append(f"dropped {len(dropped)} stale key(s): {', '.join(dropped[:4])}{' ...' if len(dropped) > 4 else ''}")
+        more = " ..." if len(dropped) > 4 else ""
+        notes.append(f"dropped {len(dropped)} stale key(s): {', '.join(dropped[:4])}{more}")
 
     ema_keys = [k for k in out if k.startswith(EMA_PREFIX)]
     if not has_ema:
@@ -90,7 +91,8 @@ class DiffusionCheckpoint:
             report.ignored = ignored
         else:
             report = load_weights(self, state_dict, ignore_keys=ignore_keys, verbose=False)
-        print(f"[{type(self).__name__}] restored from {'a state dict' if isinstance(path, Mapping) else path}\n{report}")
+        source = "a state dict" if isinstance(path, Mapping) else path
+        print(f"[{type(self).__name__}] restored from {source}\n{report}")
         return report
 
     def _ema_shadow_map(self) -> dict:
@@ -114,7 +116,8 @@ class DiffusionCheckpoint:
     def _sync_schedule_with_buffers(self) -> None:
         """If loaded ``betas`` differ from the configured ones, rebuild the schedule from them."""
         loaded = self.betas.detach().double().cpu()
-        if loaded.shape != self.schedule.betas.shape or not torch.allclose(loaded, self.schedule.betas, rtol=1e-5, atol=1e-8):
+        betas = self.schedule.betas
+        if loaded.shape != betas.shape or not torch.allclose(loaded, betas, rtol=1e-5, atol=1e-8):
             print(f"[{type(self).__name__}] checkpoint betas differ from the config; using the checkpoint's schedule")
             zero_terminal = self.zero_terminal_snr
             self.zero_terminal_snr = False  # the loaded betas are already final

@@ -13,7 +13,7 @@ and the image channels are the latent's.
 from __future__ import annotations
 
 import math
-from typing import Mapping
+from collections.abc import Mapping
 
 import torch
 from torch import nn
@@ -46,7 +46,8 @@ class FirstStage:
 
     def instantiate_first_stage(self, config) -> None:
         try:
-            model = config if isinstance(config, nn.Module) else instantiate_from_config(config, node="first_stage_config")
+            model = config if isinstance(config, nn.Module) else \
+                instantiate_from_config(config, node="first_stage_config")
         except ConfigError as err:
             message = str(err)
             raise ConfigError(message if message.startswith("first_stage_config") else
@@ -82,7 +83,7 @@ class FirstStage:
         else:  # a plain module with the original encode(): posterior or tensor
             enc = first.encode(x)
             mean = enc.mean if hasattr(enc, "mean") and isinstance(enc.mean, torch.Tensor) else enc
-            std = enc.std if hasattr(enc, "std") and isinstance(getattr(enc, "std"), torch.Tensor) else torch.zeros_like(mean)
+            std = enc.std if hasattr(enc, "std") and isinstance(enc.std, torch.Tensor) else torch.zeros_like(mean)
         return mean.float(), std.float()
 
     @torch.no_grad()
@@ -115,7 +116,8 @@ class FirstStage:
         return first.decode_latent(z) if hasattr(first, "decode_latent") else first.decode(z)
 
     @torch.no_grad()
-    def decode_first_stage(self, z: torch.Tensor, predict_cids: bool = False, force_not_quantize: bool = False) -> torch.Tensor:
+    def decode_first_stage(self, z: torch.Tensor, predict_cids: bool = False,
+                           force_not_quantize: bool = False) -> torch.Tensor:
         """Images from scaled latents ``z`` (the first stage quantises first if it is a VQ model)."""
         return self._decode(z)
 
@@ -145,7 +147,8 @@ class FirstStage:
             if not bool(torch.isfinite(z).all()):  # a NaN/Inf image (or latent) must not decide the scale
                 skipped += 1
                 continue
-            stats += torch.stack([z.sum(), z.square().sum(), torch.tensor(float(z.numel()), device=z.device, dtype=torch.float64)])
+            count = torch.tensor(float(z.numel()), device=z.device, dtype=torch.float64)
+            stats += torch.stack([z.sum(), z.square().sum(), count])
         if skipped:
             print(f"[{type(self).__name__}] scale_by_std: {skipped} batch(es) with non-finite latents ignored")
         stats = self._reduce_sum(stats)

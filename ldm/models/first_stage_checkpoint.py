@@ -88,7 +88,8 @@ def check_architecture(module, state_dict: Mapping, path: str | Path, ignore_key
         return
     differing = sorted(set(wanted) ^ set(found)) or sorted(k for k in wanted if wanted[k] != found[k])
     key = differing[0]
-    detail = f"first difference: {key} {found.get(key, 'absent')} in the checkpoint, {wanted.get(key, 'absent')} in the model"
+    detail = (f"first difference: {key} {found.get(key, 'absent')} in the checkpoint, "
+              f"{wanted.get(key, 'absent')} in the model")
     raise ConfigError(
         f"ckpt_path={path}: the checkpoint holds {describe(found)} but the config's first stage "
         f"({type(module).__name__}) is {describe(wanted)} ({detail}); train stage 1 with the autoencoder config "

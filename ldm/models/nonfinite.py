@@ -42,7 +42,8 @@ def _uses_grad_scaler(trainer) -> bool:
     return trainer is not None and getattr(trainer.precision_plugin, "scaler", None) is not None
 
 
-def running_stats_snapshot(module: nn.Module, skip: tuple[str, ...] = ("model_ema.",)) -> list[tuple[torch.Tensor, torch.Tensor]]:
+def running_stats_snapshot(module: nn.Module,
+                           skip: tuple[str, ...] = ("model_ema.",)) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Copies of the buffers of ``module`` that a training forward pass may change (batch-norm running
     statistics, a quantiser's EMA codebook, ...; the weight EMA under ``skip`` is updated only after a
     good step): a skipped step puts them back with :func:`restore_snapshot`, so a NaN batch leaves no trace."""

@@ -17,7 +17,7 @@ Classifier-free guidance keeps the image condition and drops only the text (the 
 """
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 import torch.nn.functional as F

@@ -61,7 +61,10 @@ class UNetModel(nn.Module):
         if disable_self_attentions is not None and len(disable_self_attentions) != len(channel_mult):
             raise ValueError(f"disable_self_attentions needs one entry per level ({len(channel_mult)}), "
                              f"got {list(disable_self_attentions)}")
-        no_self_attn = [bool(d) for d in disable_self_attentions] if disable_self_attentions else [False] * len(channel_mult)
+        if disable_self_attentions:
+            no_self_attn = [bool(d) for d in disable_self_attentions]
+        else:
+            no_self_attn = [False] * len(channel_mult)
         for mult in channel_mult:
             if (mult * model_channels) % 32:
                 raise ValueError(f"model_channels*channel_mult = {mult * model_channels} must be divisible by 32 "

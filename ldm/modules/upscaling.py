@@ -8,7 +8,7 @@ The schedule buffers keep the original names (``low_scale_model.betas`` ...), so
 """
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 import torch
 from torch import nn

@@ -13,7 +13,8 @@ above 0 (the original DDIM convention) and ``1`` (the clean x0 estimate) when it
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from tqdm.auto import tqdm
@@ -120,7 +121,8 @@ class Sampler:
         a = self.levels[k]
         return math.sqrt(a), math.sqrt(1.0 - a)
 
-    def model_output(self, denoise: Denoiser, x: torch.Tensor, k: int, cond) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def model_output(self, denoise: Denoiser, x: torch.Tensor, k: int,
+                     cond) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Call the denoiser at step ``k``; return (prediction, variance values or None)."""
         t = torch.full((x.shape[0],), self.sample_timesteps[k], dtype=torch.long, device=x.device)
         out = denoise(x, t, cond)

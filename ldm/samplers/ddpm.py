@@ -6,7 +6,7 @@ q(x' | x, x0) of the two-level chain (DDPM Eq. 6-7 with beta = 1 - a/a'):
 ``beta-tilde = beta (1-a')/(1-a)``. With every timestep visited (the default) this is exactly
 DDPM Alg. 2; with fewer it is the respaced chain of Improved DDPM. Variance: ``fixed_small``
 (beta-tilde), ``fixed_large`` (beta), ``learned`` (log variance from the model's extra
-channels) or ``learned_range`` (foundations Ch. 6, Eq. 6.3-6.4). No noise on the last step.
+channels) or ``learned_range`` (Improved DDPM Eq. 15). No noise on the last step.
 """
 from __future__ import annotations
 

@@ -15,7 +15,8 @@ eps or v at a fixed ``(x, sigma)`` because the conversion is affine), and
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 

@@ -6,13 +6,14 @@ sigmas[0] eps``) and walks the descending ``sigmas`` (last entry 0, see :mod:`ld
 ``denoiser(x, sigma, cond) -> x0`` is all they see (:mod:`ldm.samplers.denoiser`); ``sigma`` is
 passed as a ``[B]`` tensor. The probability-flow ODE is ``dx/dsigma = (x - D(x, sigma)) / sigma``
 (Karras et al. Eq. 3 with ``s(t) = 1``, ``sigma(t) = t``). ``callback(i, sigma, x, denoised)`` runs
-after every step (``sigma = sigmas[i]``, ``x`` now at ``sigmas[i+1]``); a tensor it returns replaces ``x``. Noise comes from ``generator`` (a CPU generator gives the same noise on any
-device), one ``randn`` of ``x``'s shape per noisy step.
+after every step (``sigma = sigmas[i]``, ``x`` now at ``sigmas[i+1]``); a tensor it returns replaces ``x``.
+Noise comes from ``generator`` (a CPU generator gives the same noise on any device), one ``randn`` of ``x``'s
+shape per noisy step.
 """
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 

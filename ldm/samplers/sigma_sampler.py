@@ -13,7 +13,7 @@ The samples come back at sigma = 0, where both views agree.
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from tqdm.auto import tqdm
@@ -125,7 +125,10 @@ class SigmaSampler:
         def after_step(i, sigma, x_next, denoised):
             if mask is not None:
                 level = float(sigmas[i + 1])
-                noisy = known if level == 0.0 else q_sample_at(known, 1.0, level, randn(known.shape, generator, device, dtype))
+                if level == 0.0:
+                    noisy = known
+                else:
+                    noisy = q_sample_at(known, 1.0, level, randn(known.shape, generator, device, dtype))
                 x_next = mask * noisy + (1 - mask) * x_next
             if callback is not None:
                 callback(start + i, sigma, x_next, denoised)

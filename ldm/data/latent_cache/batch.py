@@ -2,7 +2,7 @@
 LDM Sec. 3.1); whether a batch carries latent moments is the contract of :mod:`ldm.data.contracts`."""
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 import torch
 

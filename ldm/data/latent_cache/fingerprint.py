@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from typing import Iterable, Mapping
+from collections.abc import Iterable, Mapping
 
 import torch
 from torch import nn
@@ -31,7 +31,7 @@ def state_dict_sha256(state: nn.Module | Mapping[str, torch.Tensor],
             continue
         tensor = value.detach().to("cpu").contiguous().reshape(-1)
         digest.update(key.encode("utf-8"))
-        digest.update(f"{tensor.dtype}{tuple(value.shape)}".encode("utf-8"))
+        digest.update(f"{tensor.dtype}{tuple(value.shape)}".encode())
         digest.update(tensor.view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 import json
 import os
 import random
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 import torch
 from torch import nn

@@ -5,7 +5,7 @@ The encoder outputs ``2c`` channels: mean and log-variance. The KL regulariser (
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -14,7 +14,8 @@ import torch
 class DiagonalGaussianDistribution:
     def __init__(self, parameters: torch.Tensor, deterministic: bool = False):
         if parameters.shape[1] % 2:
-            raise ValueError(f"DiagonalGaussianDistribution needs an even channel count (mean, logvar), got {parameters.shape[1]}")
+            raise ValueError("DiagonalGaussianDistribution needs an even channel count (mean, logvar), "
+                             f"got {parameters.shape[1]}")
         self.parameters = parameters
         self.mean, self.logvar = torch.chunk(parameters, 2, dim=1)
         self.logvar = torch.clamp(self.logvar, -30.0, 20.0)  # keeps exp() finite, as in the original
@@ -33,7 +34,7 @@ class DiagonalGaussianDistribution:
     def mode(self) -> torch.Tensor:
         return self.mean
 
-    def kl(self, other: "DiagonalGaussianDistribution | None" = None, dims: Sequence[int] = (1, 2, 3)) -> torch.Tensor:
+    def kl(self, other: DiagonalGaussianDistribution | None = None, dims: Sequence[int] = (1, 2, 3)) -> torch.Tensor:
         """KL(self || other) per sample; ``other=None`` is the standard normal N(0, I)."""
         if self.deterministic:
             return torch.zeros(self.mean.shape[0], device=self.mean.device, dtype=self.mean.dtype)
@@ -48,4 +49,5 @@ class DiagonalGaussianDistribution:
         """−log q(sample) per sample: ½ Σ (log 2π + log σ² + (x − μ)² / σ²)."""
         if self.deterministic:
             return torch.zeros(sample.shape[0], device=sample.device, dtype=sample.dtype)
-        return 0.5 * torch.sum(np.log(2.0 * np.pi) + self.logvar + (sample - self.mean).pow(2) / self.var, dim=list(dims))
+        return 0.5 * torch.sum(np.log(2.0 * np.pi) + self.logvar + (sample - self.mean).pow(2) / self.var,
+                               dim=list(dims))

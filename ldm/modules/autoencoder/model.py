@@ -8,7 +8,7 @@ accepted, as in the original.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -29,7 +29,8 @@ def _check_config(name: str, ch: int, ch_mult: Sequence[int], num_res_blocks: in
     if not ch_mult:
         raise ValueError(f"{name}: ch_mult must list at least one channel multiplier")
     if int(ch) <= 0 or int(num_res_blocks) < 0:
-        raise ValueError(f"{name}: ch must be positive and num_res_blocks >= 0 (got ch={ch}, num_res_blocks={num_res_blocks})")
+        raise ValueError(f"{name}: ch must be positive and num_res_blocks >= 0 "
+                         f"(got ch={ch}, num_res_blocks={num_res_blocks})")
     factor = 2 ** (len(ch_mult) - 1)
     if resolution % factor:
         raise ValueError(f"{name}: resolution {resolution} is not divisible by the downsampling factor {factor}")

@@ -59,7 +59,8 @@ class VectorQuantizer(nn.Module):
             else:
                 self.re_embed = int(self.used.shape[0])
             if not (unknown_index == "random" or isinstance(unknown_index, int)):
-                raise ValueError(f"VectorQuantizer: unknown_index must be 'random', 'extra' or an int, got {unknown_index!r}")
+                raise ValueError("VectorQuantizer: unknown_index must be 'random', 'extra' or an int, "
+                                 f"got {unknown_index!r}")
         self.unknown_index = unknown_index
 
         if self.use_ema:

@@ -1,7 +1,7 @@
 """Conditioners registered by name, so configs and code can pick one without an import path."""
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 _REGISTRY: dict[str, type] = {}
 

@@ -60,7 +60,8 @@ class FirstStageSlot(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self._encode_fn is None:
-            raise RuntimeError("a '__is_first_stage__' conditioner needs a LatentDiffusion model to attach its first stage")
+            raise RuntimeError("a '__is_first_stage__' conditioner needs a LatentDiffusion model "
+                               "to attach its first stage")
         return self._encode_fn(x.float())
 
 

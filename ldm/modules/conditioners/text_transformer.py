@@ -207,7 +207,8 @@ class BERTEmbedder(TransformerEmbedder):
         return "text" if self.use_tknz_fn else "other"
 
     def _load_tokenizer(self):
-        tok = _OpenClipTokenizer(self.max_seq_len) if self.tokenizer_name == "open_clip" else _BertTokenizer(self.max_seq_len)
+        tokenizer_class = _OpenClipTokenizer if self.tokenizer_name == "open_clip" else _BertTokenizer
+        tok = tokenizer_class(self.max_seq_len)
         if tok.vocab_size > self.vocab_size:
             raise ValueError(f"the {self.tokenizer_name} tokenizer has {tok.vocab_size} tokens but vocab_size is "
                              f"{self.vocab_size}; set vocab_size >= {tok.vocab_size}")

@@ -107,7 +107,10 @@ class PerceptualGANLoss(nn.Module):
         g_loss = -logits_fake.mean()
         can_differentiate = (self.training and torch.is_grad_enabled() and last_layer is not None
                              and rec_for_weight.requires_grad)
-        d_weight = adaptive_weight(rec_for_weight, g_loss, last_layer, self.discriminator_weight) if can_differentiate else zero
+        if can_differentiate:
+            d_weight = adaptive_weight(rec_for_weight, g_loss, last_layer, self.discriminator_weight)
+        else:
+            d_weight = zero
         return g_loss, d_weight, disc_factor
 
     @staticmethod

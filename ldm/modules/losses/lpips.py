@@ -147,12 +147,13 @@ class LPIPSLoss(nn.Module):
             trunk = vgg16_features_to_lpips_trunk(safe_torch_load(trunk_path))
             missing = set(self.net.state_dict()) - set(trunk)
             if missing:
-                raise LPIPSWeightsError(f"{trunk_path} is not a torchvision VGG-16 state dict (missing {sorted(missing)[:4]} ...)")
+                raise LPIPSWeightsError(f"{trunk_path} is not a torchvision VGG-16 state dict "
+                                        f"(missing {sorted(missing)[:4]} ...)")
             self.net.load_state_dict(trunk, strict=True)
         self.requires_grad_(False)
         self.eval()
 
-    def train(self, mode: bool = True) -> "LPIPSLoss":
+    def train(self, mode: bool = True) -> LPIPSLoss:
         return super().train(False)  # a fixed metric: dropout in the linear heads stays off
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
