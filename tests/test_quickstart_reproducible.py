@@ -71,6 +71,34 @@ def test_step_budget_flags(capsys):
     assert exit_info.value.code == 2 and "error: --ae-steps must be positive" in capsys.readouterr().err
 
 
+def test_precision_flag_reaches_every_stage(monkeypatch, tmp_path):
+    """``--precision`` is handed to the training CLI of each stage; without it the configs decide
+    (the latent models say 32, the autoencoder auto)."""
+    from omegaconf import OmegaConf
+
+    import ldm.cli.quickstart as quickstart
+    import ldm.cli.train as train
+
+    seen = []
+
+    def fake_train(argv):
+        seen.append(list(argv))
+        raise RuntimeError("stop here")
+
+    monkeypatch.setattr(train, "main", fake_train)
+    for precision in ("bf16-mixed", None):
+        budget = quickstart.budget_from_args(quickstart.build_parser().parse_args(
+            [] if precision is None else ["--precision", precision]))
+        assert budget.precision == precision
+        with pytest.raises(RuntimeError, match="stop here"):
+            quickstart._train(quickstart.LDM_CONFIG, tmp_path, "x", steps=1, minutes=None, batch_size=2, seed=0,
+                              label="x", precision=budget.precision)
+    with_flag, without = seen
+    assert with_flag[with_flag.index("--precision") + 1] == "bf16-mixed" and "--precision" not in without
+    assert OmegaConf.load(quickstart.LDM_CONFIG).lightning.trainer.precision == 32
+    assert OmegaConf.load(quickstart.AUTOENCODER_CONFIG).lightning.trainer.precision == "auto"
+
+
 def test_progress_line_and_eta():
     from ldm.cli.quickstart_progress import StepProgress, format_eta
 
