@@ -35,14 +35,13 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 from benchmarks.bench_unet import MODELS as UNETS  # noqa: E402
 from benchmarks.common import (  # noqa: E402
     PRECISION_NAMES,
+    REPO_ROOT,
     add_threads_argument,
     autocast,
     describe_device,
     set_threads,
     synchronize,
 )
-
-REPO = Path(__file__).resolve().parents[1]
 
 # LDM celebahq-ldm-vq-4 (used when configs/ldm/celebahq-f4.yaml is absent): unconditional, the paper's UNet
 # (224 channels) on 64x64x3 latents of a VQ-f4 first stage (n_embed 8192) at 256x256.
@@ -58,9 +57,9 @@ CELEBAHQ_F4 = {"target": "ldm.models.latent_diffusion.LatentDiffusion",
 
 # name -> (config files, fallback model node, image size, default batch)
 SETUPS = {
-    "demo": ([REPO / "configs/demo/ldm_uncond_kl_f4.yaml", REPO / "configs/demo/ldm_class_kl_f4.yaml",
-              REPO / "configs/demo/ldm_text_kl_f4.yaml"], None, 32, 32),
-    "celebahq-f4": ([REPO / "configs/ldm/celebahq-f4.yaml"], CELEBAHQ_F4, 256, 1),
+    "demo": ([REPO_ROOT / "configs/demo/ldm_uncond_kl_f4.yaml", REPO_ROOT / "configs/demo/ldm_class_kl_f4.yaml",
+              REPO_ROOT / "configs/demo/ldm_text_kl_f4.yaml"], None, 32, 32),
+    "celebahq-f4": ([REPO_ROOT / "configs/ldm/celebahq-f4.yaml"], CELEBAHQ_F4, 256, 1),
 }
 
 

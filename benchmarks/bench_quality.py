@@ -17,9 +17,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from benchmarks.common import REPO_ROOT as ROOT
 from ldm.cli.quickstart_report import TARGETS
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def quality_rows(report: dict) -> list[tuple[str, str, str, str]]:

@@ -9,12 +9,15 @@ import statistics
 import threading
 import time
 import types
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 from ldm.precision import cpu_has_native_bf16, cpu_model
 
+#: the repository's root folder (configs/, main.py)
+REPO_ROOT = Path(__file__).resolve().parents[1]
 #: the trainer's precision name for an autocast dtype (``None``: fp32, no autocast)
 PRECISION_NAMES = {None: "32", torch.bfloat16: "bf16-mixed", torch.float16: "16-mixed"}
 

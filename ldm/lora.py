@@ -201,8 +201,8 @@ def merge_lora_file(config, ckpt, lora, out, trust_checkpoint: bool = False) -> 
     """``convert merge-lora``: base config + weights + adapter file -> merged weights (``out``)."""
     from omegaconf import OmegaConf
 
-    from ldm.cli.load_model import SampleError, load_model
     from ldm.convert.safetensors_io import save_safetensors
+    from ldm.model_loading import build_trained_model
 
     _, settings = read_lora_file(lora)
     cfg = OmegaConf.load(config)
@@ -210,16 +210,7 @@ def merge_lora_file(config, ckpt, lora, out, trust_checkpoint: bool = False) -> 
     if "lora" in params:
         print("[convert] the config's model.params.lora is ignored: the adapter file holds its settings")
         del params["lora"]
-    import tempfile
-
-    with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as tmp:
-        OmegaConf.save(cfg, tmp.name)
-    try:
-        model = load_model(ckpt=str(ckpt), config=[tmp.name], device="cpu", trust_checkpoint=trust_checkpoint).model
-    except SampleError as err:
-        raise ValueError(str(err)) from err
-    finally:
-        os.unlink(tmp.name)
+    model = build_trained_model(cfg.model, ckpt, trust_checkpoint=trust_checkpoint)
     apply_lora(model, settings)
     load_lora(model, lora)
     n = merge_lora(model)

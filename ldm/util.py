@@ -132,6 +132,12 @@ def _plain(obj: Any) -> Any:
     return obj
 
 
+#: ``cond_stage_config`` / a stack entry's ``target``: the condition is the first-stage latent of its input
+FIRST_STAGE = "__is_first_stage__"
+#: ``cond_stage_config``: no conditioner
+UNCONDITIONAL = "__is_unconditional__"
+
+
 def instantiate_from_config(config: Mapping | None, *, node: str = "config", **extra: Any) -> Any:
     """Build ``target(**params, **extra)`` from a config node.
 
@@ -139,7 +145,7 @@ def instantiate_from_config(config: Mapping | None, *, node: str = "config", **e
     The special strings ``__is_first_stage__`` and ``__is_unconditional__`` return ``None``
     (they are markers the diffusion model interprets itself).
     """
-    if config in ("__is_first_stage__", "__is_unconditional__"):
+    if config in (FIRST_STAGE, UNCONDITIONAL):
         return None
     config = _plain(config)
     if not isinstance(config, Mapping):

@@ -16,9 +16,11 @@ Rules (``RULES`` below: a unit may import only the units listed for it):
 * ``ldm.data.contracts`` — nothing;
 * ``ldm.data``       — ``data.contracts``, ``util``, and Lightning (never the models);
 * ``ldm.callbacks``  — ``checkpoint``, ``util``, and Lightning (they drive a model through Lightning's hooks);
-* nothing outside ``ldm.cli`` imports ``ldm.cli`` (``main.py`` does), except the units in
-  ``CLI_IMPORT_EXCEPTIONS`` (command drivers that still reuse the CLI's model loader);
-* no private name (``_name``) is imported from another unit (``PRIVATE_IMPORT_EXCEPTIONS`` aside).
+* ``ldm.config_files`` — ``util`` (YAML files -> one merged config);
+* ``ldm.model_loading`` — ``config_files``, ``checkpoint``, ``util`` (config + checkpoint -> trained model;
+  the CLI, ``convert`` and ``merge-lora`` build on it);
+* nothing outside ``ldm.cli`` imports ``ldm.cli`` (``main.py`` does);
+* no private name (``_name``) is imported from another unit.
 
 Also here: no file of ``ldm/models`` is over 400 lines (files of one idea each).
 """
@@ -40,14 +42,9 @@ RULES = {
     CONTRACTS: set(),
     "ldm.data": {CONTRACTS, "ldm.util", LIGHTNING},
     "ldm.callbacks": {"ldm.checkpoint", "ldm.util", LIGHTNING},
+    "ldm.config_files": {"ldm.util"},
+    "ldm.model_loading": {"ldm.config_files", "ldm.checkpoint", "ldm.util"},
 }
-#: ``unit -> reason``: units outside the CLI that import it today (to be moved to a loader outside the CLI)
-CLI_IMPORT_EXCEPTIONS = {
-    "ldm.convert": "convert to-diffusers / from-diffusers build the model with ldm.cli.load_model",
-    "ldm.lora": "merge_lora_file (convert merge-lora) builds the model with ldm.cli.load_model",
-}
-#: ``(importer unit, imported module, name)`` of private names still imported across units
-PRIVATE_IMPORT_EXCEPTIONS = {("ldm.convert", "ldm.cli.load_model", "_drop_sub_checkpoints")}
 
 
 def unit_of(module: str) -> str:
@@ -101,7 +98,7 @@ def test_units_import_only_what_their_rule_allows():
 
 def test_only_the_cli_imports_the_cli():
     broken = [f"{path.relative_to(ROOT.parent)}:{line}: {module}" for path, importer, module, _, line in all_imports()
-              if unit_of(module) == "ldm.cli" and importer != "ldm.cli" and importer not in CLI_IMPORT_EXCEPTIONS]
+              if unit_of(module) == "ldm.cli" and importer != "ldm.cli"]
     assert not broken, "\n".join(broken)
 
 
@@ -110,18 +107,9 @@ def test_no_private_name_crosses_a_unit():
     for path, importer, module, names, line in all_imports():
         for name in names:
             private = name.startswith("_") and not name.startswith("__")
-            if private and unit_of(module) != importer and (importer, module, name) not in PRIVATE_IMPORT_EXCEPTIONS:
+            if private and unit_of(module) != importer:
                 broken.append(f"{path.relative_to(ROOT.parent)}:{line}: {name} from {module}")
     assert not broken, "\n".join(broken)
-
-
-def test_exceptions_are_still_needed():
-    """An exception that no import needs any more must leave the tables (they only shrink)."""
-    cli_users = {importer for _, importer, module, _, _ in all_imports()
-                 if unit_of(module) == "ldm.cli" and importer != "ldm.cli"}
-    assert set(CLI_IMPORT_EXCEPTIONS) <= cli_users
-    private = {(importer, module, name) for _, importer, module, names, _ in all_imports() for name in names}
-    assert PRIVATE_IMPORT_EXCEPTIONS <= private
 
 
 def test_the_checker_sees_a_violation(tmp_path):

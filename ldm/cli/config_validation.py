@@ -41,13 +41,13 @@ class Sources:
     """Which file (or the command line) set a key path: the last one that holds it."""
 
     def __init__(self, files: Sequence[str], dotlist: Sequence[str]) -> None:
-        from ldm.cli.config import _quote_format_templates, load_config_file
+        from ldm.config_files import load_config_file, quote_format_templates
 
         self.layers: list[tuple[str, Any]] = [(str(f), OmegaConf.to_container(load_config_file(f), resolve=False))
                                               for f in files]
         if dotlist:
             try:
-                overrides = OmegaConf.from_dotlist([_quote_format_templates(item) for item in dotlist])
+                overrides = OmegaConf.from_dotlist([quote_format_templates(item) for item in dotlist])
                 self.layers.append(("the command line", OmegaConf.to_container(overrides, resolve=False)))
             except Exception:  # reported by merge_configs
                 pass

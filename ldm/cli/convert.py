@@ -15,6 +15,11 @@ import sys
 from collections.abc import Sequence
 
 
+def _add_unsafe_load(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--unsafe-load", action="store_true",
+                        help="allow pickled code in the input (trusted files only)")
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m ldm.cli.convert", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -24,14 +29,14 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output .safetensors file")
     p.add_argument("--ema", action="store_true", help="copy the EMA weights into model.* and drop the shadows")
     p.add_argument("--half", action="store_true", help="store weights in float16")
-    p.add_argument("--unsafe-load", action="store_true", help="allow pickled code in the input (trusted files only)")
+    _add_unsafe_load(p)
 
     p = sub.add_parser("to-diffusers", help="our / original layout -> a diffusers folder")
     p.add_argument("--config", required=True, help="the model's YAML config")
     p.add_argument("--ckpt", required=True, help="the model's weights (.ckpt/.safetensors)")
     p.add_argument("--out", required=True, help="output folder (unet/, vae/, text_encoder/, ...)")
     p.add_argument("--ema", action="store_true", help="export the EMA weights when the checkpoint has them")
-    p.add_argument("--unsafe-load", action="store_true", help="allow pickled code in the input (trusted files only)")
+    _add_unsafe_load(p)
 
     p = sub.add_parser("from-diffusers", help="a diffusers folder -> our / original layout")
     p.add_argument("--diffusers", required=True, help="a diffusers Stable Diffusion folder")
@@ -43,7 +48,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--ckpt", required=True, help="the base model's weights")
     p.add_argument("--lora", required=True, help="adapter .safetensors written by LoRA training")
     p.add_argument("--out", required=True, help="merged weights (.safetensors)")
-    p.add_argument("--unsafe-load", action="store_true", help="allow pickled code in the input (trusted files only)")
+    _add_unsafe_load(p)
     return parser
 
 

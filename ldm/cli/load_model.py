@@ -5,11 +5,9 @@ A run directory is what ``main.py`` writes (see docs/cli.md)::
     logs/<ts>_<name>/checkpoints/last.ckpt
     logs/<ts>_<name>/configs/<ts>-project.yaml      (one per start; merged in name order)
 
-Weights are read with :func:`ldm.checkpoint.load_state_dict`, which never runs pickled code
-(``torch.load(weights_only=True)`` / safetensors) unless ``trust_checkpoint=True``.
-Sub-model ``ckpt_path`` entries in the config (e.g. the first stage's autoencoder checkpoint)
-are dropped before building: a stage-2 checkpoint already holds those weights, and the
-original files need not exist on the sampling machine.
+Building the model and loading its weights (safely: never pickled code unless ``trust_checkpoint=True``;
+sub-model ``ckpt_path`` entries dropped) is :mod:`ldm.model_loading`; this module adds the command's
+sources (``--run`` / ``--ckpt`` + ``--config``), the device, and the command's error (:class:`SampleError`).
 """
 from __future__ import annotations
 
@@ -20,9 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ldm.cli.logdir import run_dir_of_checkpoint
-
-#: sub-model configs whose ``params.ckpt_path`` the full checkpoint supersedes
-SUB_MODEL_CONFIGS = ("first_stage_config", "cond_stage_config", "unet_config")
+from ldm.model_loading import ModelLoadError, load_trained_model
 
 
 class SampleError(ValueError):
@@ -100,56 +96,16 @@ def resolve_source(run: str | None = None, ckpt: str | None = None,
     return ckpt_path, [Path(c) for c in configs], run_dir
 
 
-def _drop_sub_checkpoints(model_config, notes: list[str]) -> None:
-    params = model_config.get("params") or {}
-    if params.get("ckpt_path"):
-        notes.append(f"model.params.ckpt_path={params['ckpt_path']} ignored: the given checkpoint is loaded instead")
-        params["ckpt_path"] = None
-    for name in SUB_MODEL_CONFIGS:
-        sub = params.get(name)
-        if hasattr(sub, "get") and (sub.get("params") or {}).get("ckpt_path"):
-            notes.append(f"model.params.{name}.params.ckpt_path ignored: the checkpoint holds those weights")
-            sub["params"]["ckpt_path"] = None
-
-
-def _check_report(report, checkpoint: Path) -> None:
-    """Missing weights other than EMA shadows mean the checkpoint does not fit the config."""
-    missing = [k for k in report.missing if not k.startswith("model_ema.")]
-    if missing:
-        prefixes = sorted({".".join(k.split(".")[:2]) for k in missing})
-        raise SampleError(f"checkpoint {checkpoint} lacks {len(missing)} weight(s) the config's model needs "
-                          f"(under {', '.join(prefixes[:6])}); is it the checkpoint of this config?")
-
-
 def load_model(run: str | None = None, ckpt: str | None = None, config: Sequence[str] | str | None = None,
                overrides: Sequence[str] = (), device: str = "auto", trust_checkpoint: bool = False) -> LoadedModel:
     """Build the model from its config, load the checkpoint's weights safely, move it to ``device``
     (``auto`` | ``cpu`` | ``cuda[:N]`` | ``mps``) and put it in eval mode. ``overrides`` are
     OmegaConf ``KEY=VALUE`` strings applied after the config files."""
-    from ldm.checkpoint import UnsafeCheckpointError, load_state_dict, load_weights
-    from ldm.cli.config import merge_configs
-    from ldm.util import instantiate_from_config
-
     ckpt_path, config_files, run_dir = resolve_source(run, ckpt, config)
     torch_device = pick_device(device)
-    merged = merge_configs(config_files, overrides)
-    if "model" not in merged or merged.model is None:
-        raise SampleError(f"the config ({', '.join(map(str, config_files))}) has no 'model' section")
-    notes: list[str] = []
-    _drop_sub_checkpoints(merged.model, notes)
     try:
-        state_dict = load_state_dict(ckpt_path, trust_checkpoint=trust_checkpoint)
-    except UnsafeCheckpointError as err:
+        trained = load_trained_model(ckpt_path, config_files, overrides, trust_checkpoint=trust_checkpoint)
+    except ModelLoadError as err:
         raise SampleError(str(err)) from err
-    except (OSError, RuntimeError, EOFError) as err:
-        raise SampleError(f"cannot read checkpoint {ckpt_path}: {err}") from err
-    model = instantiate_from_config(merged.model, node="model")
-    try:
-        report = load_weights(model, state_dict, verbose=False)
-    except ValueError as err:  # shape mismatches
-        raise SampleError(f"checkpoint {ckpt_path} does not fit the config's model: {err}") from err
-    _check_report(report, ckpt_path)
-    notes.append(f"loaded {report.loaded} tensors from {ckpt_path}")
-    model = model.to(torch_device).eval()
-    return LoadedModel(model=model, config=merged, checkpoint=ckpt_path, config_files=config_files,
-                       run_dir=run_dir, notes=notes)
+    return LoadedModel(model=trained.model.to(torch_device), config=trained.config, checkpoint=ckpt_path,
+                       config_files=config_files, run_dir=run_dir, notes=trained.notes)

@@ -393,13 +393,9 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point: bad input ends with one line ``sample: error: ...`` on stderr and exit code 2."""
-    try:
-        run(argv)
-    except _user_errors() as err:
-        message = " ".join(str(err).split())
-        print(f"sample: error: {message}", file=sys.stderr)
-        return 2
-    return 0
+    from ldm.cli.errors import run_reporting_errors
+
+    return run_reporting_errors(run, argv, _user_errors(), prog="sample")
 
 
 if __name__ == "__main__":

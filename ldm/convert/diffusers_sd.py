@@ -277,13 +277,9 @@ def save_diffusers(model, out: str | os.PathLike) -> Path:
 
 def export_diffusers(config, ckpt, out, *, ema: bool = False, trust_checkpoint: bool = False) -> Path:
     """``convert to-diffusers``: build the model from ``config``, load ``ckpt`` safely, write ``out``."""
-    from ldm.cli.load_model import SampleError, load_model
+    from ldm.model_loading import load_trained_model
 
-    try:
-        loaded = load_model(ckpt=str(ckpt), config=[str(config)], device="cpu", trust_checkpoint=trust_checkpoint)
-    except SampleError as err:
-        raise ValueError(str(err)) from err
-    model = loaded.model
+    model = load_trained_model(ckpt, [config], trust_checkpoint=trust_checkpoint).model
     if ema:
         if not model.use_ema:
             raise ValueError("--ema: the config's model has no EMA (use_ema: false)")
@@ -365,13 +361,13 @@ def import_diffusers(folder, config, out) -> int:
     """``convert from-diffusers``: fill the config's model from a diffusers folder; write ``out``."""
     from omegaconf import OmegaConf
 
-    from ldm.cli.load_model import _drop_sub_checkpoints
     from ldm.convert.safetensors_io import save_safetensors
+    from ldm.model_loading import drop_sub_checkpoints
     from ldm.util import instantiate_from_config
 
     _require_diffusers()
     cfg = OmegaConf.load(config)
-    _drop_sub_checkpoints(cfg.model, [])
+    drop_sub_checkpoints(cfg.model, [])
     model = instantiate_from_config(cfg.model, node="model")
     sd = diffusers_to_state_dict(model, folder)
     model.load_state_dict(sd, strict=True)  # every key fits the config's model

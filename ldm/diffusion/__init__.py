@@ -39,6 +39,8 @@ from .reverse import (
 )
 from .schedule import (
     BETA_SCHEDULES,
+    FORWARD_BUFFERS,
+    SCHEDULE_BUFFERS,
     DiffusionSchedule,
     as_schedule,
     extract,
@@ -47,7 +49,8 @@ from .schedule import (
 )
 
 __all__ = [
-    "BETA_SCHEDULES", "PARAMETERIZATIONS", "VARIANCE_TYPES", "DiffusionSchedule", "as_schedule",
+    "BETA_SCHEDULES", "FORWARD_BUFFERS", "SCHEDULE_BUFFERS", "PARAMETERIZATIONS", "VARIANCE_TYPES",
+    "DiffusionSchedule", "as_schedule",
     "bits_per_dim", "check_parameterization", "discretized_gaussian_log_likelihood", "elbo_mse_weights",
     "extract", "fixed_large_log_variance", "learned_range_log_variance", "make_beta_schedule", "mean_flat",
     "normal_kl", "output_from_x0_eps", "x0_eps_from_output", "p_mean_variance", "predict_eps_from_v",

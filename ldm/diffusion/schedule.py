@@ -18,6 +18,14 @@ from dataclasses import dataclass, fields
 import torch
 
 BETA_SCHEDULES = ("linear", "cosine", "sqrt_linear", "sqrt")
+#: the forward-process constants of :class:`DiffusionSchedule` that checkpoints hold as buffers, in the original
+#: order (the x4 upscaler's noise augmentation registers these) ...
+FORWARD_BUFFERS = ("betas", "alphas_cumprod", "alphas_cumprod_prev", "sqrt_alphas_cumprod",
+                   "sqrt_one_minus_alphas_cumprod", "log_one_minus_alphas_cumprod", "sqrt_recip_alphas_cumprod",
+                   "sqrt_recipm1_alphas_cumprod")
+#: ... and all of them, the forward posterior's (DDPM Eq. 6-7) included (a DDPM registers these)
+SCHEDULE_BUFFERS = FORWARD_BUFFERS + ("posterior_variance", "posterior_log_variance_clipped",
+                                      "posterior_mean_coef1", "posterior_mean_coef2")
 
 
 def make_beta_schedule(

@@ -22,10 +22,8 @@ from torch import nn
 from ldm.models.conditioning import BARE_TENSOR_ENTRY, concat_inputs
 from ldm.models.first_stage import freeze
 from ldm.samplers import condition_batch_size
-from ldm.util import ConfigError, instantiate_from_config
+from ldm.util import FIRST_STAGE, UNCONDITIONAL, ConfigError, instantiate_from_config
 
-UNCONDITIONAL = "__is_unconditional__"
-FIRST_STAGE = "__is_first_stage__"
 #: batch keys that name captions (a conditioner that does not state its input kind is a text one on these)
 TEXT_KEYS = ("caption", "txt", "text", "prompt", "prompts")
 #: the kinds of conditioning :meth:`ConditionStage.condition_kind` reports

@@ -31,6 +31,7 @@ from torch import nn
 
 from ldm.data.contracts import LATENT_MEAN_KEY
 from ldm.diffusion import (
+    SCHEDULE_BUFFERS,  # schedule buffers saved in checkpoints, in the original order
     DiffusionSchedule,
     check_parameterization,
     elbo_mse_weights,
@@ -55,12 +56,6 @@ from ldm.models.ema import EmaScope
 from ldm.optim import build_lr_scheduler, build_optimizer
 
 __all__ = ["DDPM", "DiffusionWrapper"]
-
-#: schedule buffers saved in checkpoints, in the original order
-SCHEDULE_BUFFERS = ("betas", "alphas_cumprod", "alphas_cumprod_prev", "sqrt_alphas_cumprod",
-                    "sqrt_one_minus_alphas_cumprod", "log_one_minus_alphas_cumprod", "sqrt_recip_alphas_cumprod",
-                    "sqrt_recipm1_alphas_cumprod", "posterior_variance", "posterior_log_variance_clipped",
-                    "posterior_mean_coef1", "posterior_mean_coef2")
 
 
 class DDPM(DiffusionCheckpoint, DiffusionSampling, EmaScope, L.LightningModule):

@@ -18,9 +18,10 @@ from typing import Any
 import torch
 
 from ldm.data.contracts import check_first_stage
-from ldm.models.condition_stage import FIRST_STAGE, UNCONDITIONAL, ConditionStage
+from ldm.models.condition_stage import ConditionStage
 from ldm.models.ddpm import DDPM
 from ldm.models.first_stage import FirstStage, check_loaded_scale_factor, freeze
+from ldm.util import FIRST_STAGE, UNCONDITIONAL
 
 __all__ = ["FIRST_STAGE", "UNCONDITIONAL", "LatentDiffusion", "check_loaded_scale_factor", "freeze"]
 

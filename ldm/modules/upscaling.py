@@ -14,12 +14,7 @@ import torch
 from torch import nn
 
 from ldm.diffusion.gaussian import q_sample
-from ldm.diffusion.schedule import DiffusionSchedule
-
-#: the buffers the original ``AbstractLowScaleModel`` registers (no posterior terms)
-LOW_SCALE_BUFFERS = ("betas", "alphas_cumprod", "alphas_cumprod_prev", "sqrt_alphas_cumprod",
-                     "sqrt_one_minus_alphas_cumprod", "log_one_minus_alphas_cumprod",
-                     "sqrt_recip_alphas_cumprod", "sqrt_recipm1_alphas_cumprod")
+from ldm.diffusion.schedule import FORWARD_BUFFERS, DiffusionSchedule
 
 
 class ImageConcatWithNoiseAugmentation(nn.Module):
@@ -38,7 +33,7 @@ class ImageConcatWithNoiseAugmentation(nn.Module):
             raise ValueError(f"max_noise_level must be in [1, {schedule.num_timesteps}], got {max_noise_level}")
         self.max_noise_level = int(max_noise_level)
         self.schedule = schedule
-        for name in LOW_SCALE_BUFFERS:
+        for name in FORWARD_BUFFERS:  # what the original ``AbstractLowScaleModel`` registers (no posterior terms)
             self.register_buffer(name, getattr(schedule, name).float())
 
     def q_sample(self, x: torch.Tensor, t: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:

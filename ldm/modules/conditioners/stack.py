@@ -39,9 +39,8 @@ import torch
 from torch import nn
 
 from ldm.modules.conditioners.base import OUTPUT_KEYS
-from ldm.util import ConfigError, instantiate_from_config
+from ldm.util import FIRST_STAGE, ConfigError, instantiate_from_config
 
-FIRST_STAGE = "__is_first_stage__"
 NULL_MODES = ("learned", "keep", "zeros")
 
 
