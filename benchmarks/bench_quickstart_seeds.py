@@ -19,9 +19,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from benchmarks.common import REPO_ROOT
 from ldm.cli.quickstart_report import TARGETS, reproducible_numbers
-
-ROOT = Path(__file__).resolve().parents[1]
 
 SPIN = "while True: pass"
 
@@ -31,7 +30,7 @@ def run_one(seed: int, out: Path, busy: bool, extra: list[str]) -> Path:
     print("running:", " ".join(cmd), "(one core kept busy)" if busy else "", flush=True)
     spinner = subprocess.Popen([sys.executable, "-c", SPIN]) if busy else None
     try:
-        subprocess.run(cmd, cwd=ROOT, check=True)
+        subprocess.run(cmd, cwd=REPO_ROOT, check=True)
     finally:
         if spinner is not None:
             spinner.kill()

@@ -202,21 +202,21 @@ def run(argv: Sequence[str] | None = None) -> dict:
     if args.ae_ckpt:
         ae_model, ae_ckpt = load_autoencoder(Path(args.ae_ckpt)), Path(args.ae_ckpt)
         ae_steps, ae_seconds, ae_dir = 0, 0.0, str(Path(args.ae_ckpt).resolve().parents[1])
-        precision, ae_rate = "32-true", 0.0
+        ae_precision, ae_rate = "none (--ae-ckpt)", 0.0
     else:
         ae_run, ae_ckpt, ae_seconds = _train(AUTOENCODER_CONFIG, out / "runs", "quickstart_autoencoder",
                                              steps=budget.ae_steps, minutes=budget.ae_minutes,
                                              batch_size=budget.ae_batch_size, seed=args.seed, label="autoencoder",
                                              precision=budget.precision)
         ae_model, ae_steps, ae_dir = ae_run.model, int(ae_run.trainer.global_step), str(ae_run.logdir)
-        precision, ae_rate = str(ae_run.trainer.precision), _rate(ae_run)
+        ae_precision, ae_rate = str(ae_run.trainer.precision), _rate(ae_run)
         del ae_run
     psnr = autoencoder_psnr(ae_model, budget.val_images)
     print(f"[quickstart] autoencoder: {ae_steps} steps ({ae_rate:.1f} steps/s), validation "
           f"PSNR {psnr:.2f} dB, checkpoint {ae_ckpt}", flush=True)
     report: dict[str, Any] = {"seed": args.seed, "autoencoder": {
         "psnr_db": psnr, "steps": ae_steps, "steps_budget": 0 if args.ae_ckpt else budget.ae_steps,
-        "train_seconds": ae_seconds, "steps_per_second": ae_rate, "checkpoint": str(ae_ckpt),
+        "train_seconds": ae_seconds, "steps_per_second": ae_rate, "precision": ae_precision, "checkpoint": str(ae_ckpt),
         "run": ae_dir}}
     del ae_model
 
@@ -238,12 +238,14 @@ def run(argv: Sequence[str] | None = None) -> dict:
                     steps_per_second=_rate(run_result), checkpoint=str(ckpt), run=str(run_result.logdir),
                     scale_factor=float(model.scale_factor))
         report[f"{kind}_conditional"] = part
-        precision = str(run_result.trainer.precision)
+        part["precision"] = str(run_result.trainer.precision)
         print(f"[quickstart] {kind}-conditional: {trained} steps ({part['steps_per_second']:.1f} steps/s), oracle "
               f"accuracy {part['oracle_accuracy_cfg']:.1%} (CFG {budget.guidance_scale:g}) vs "
               f"{part['oracle_accuracy_scale1']:.1%} (scale 1)", flush=True)
         del run_result, model
 
+    # the trainer precision of each stage (autoencoder / class / text): the configs differ, docs/quality.md
+    precision = " / ".join([ae_precision] + [report[f"{kind}_conditional"]["precision"] for kind in kinds])
     report.update(threads=threads, machine=machine, precision=precision, fast=bool(args.fast),
                   command=" ".join(["python -m ldm.cli.quickstart", *(argv or [])]))
     if args.only:  # a recipe experiment: no grids, no targets

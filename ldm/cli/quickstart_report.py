@@ -93,7 +93,7 @@ def markdown_report(report: dict) -> str:
                (f"Total {report['seconds_total'] / 60:.1f} min wall on {machine['cpu_model']} "
                f"({machine['cpu_count']} CPUs, torch {machine['torch_version']} on {machine['torch_threads']} "
                f"thread(s), native bf16: {'yes' if machine['native_cpu_bf16'] else 'no'}; precision "
-               f"{report['precision']})."),
+               f"{report['precision']} (autoencoder / latent models))."),
                f"Command: `{report['command']}`"]
     lines = ["# Quick-start report", "", *summary, "", "| metric | value | target |", "|---|---|---|"]
     lines += [f"| {a} | {b} | {c} |" for a, b, c in rows]
