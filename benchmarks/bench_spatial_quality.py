@@ -173,8 +173,9 @@ def main(argv=None) -> dict:
         ae_ckpt, ae_steps, ae_seconds = Path(args.ae_ckpt), 0, 0.0
         ae_model = load_autoencoder(ae_ckpt)
     else:
-        ae_run, ae_ckpt, ae_seconds = _train(AUTOENCODER_CONFIG, out / "runs", "autoencoder", max_steps=100_000,
-                                             minutes=args.ae_minutes, batch_size=16, seed=args.seed)
+        ae_run, ae_ckpt, ae_seconds = _train(AUTOENCODER_CONFIG, out / "runs", "autoencoder", steps=100_000,
+                                             minutes=args.ae_minutes, batch_size=16, seed=args.seed,
+                                             label="autoencoder")
         ae_model, ae_steps = ae_run.model, int(ae_run.trainer.global_step)
     report["autoencoder"] = {"psnr_db": autoencoder_psnr(ae_model, 256), "steps": ae_steps,
                              "train_seconds": ae_seconds, "checkpoint": str(ae_ckpt)}
@@ -182,23 +183,22 @@ def main(argv=None) -> dict:
     batch = _validation(args.n)
     reuse = dict(item.split("=", 1) for item in args.reuse)
     for mode in args.modes.split(","):
-        if mode in reuse:
+        if mode in reuse:  # score an already trained run
             from ldm.cli.load_model import load_model
 
             model = load_model(run=reuse[mode], device="cpu").model
-            part = evaluate(mode, model, batch, args.steps, args.seed)
-            part.update(train_steps=None, train_seconds=None, run=reuse[mode])
+            trained = {"train_steps": None, "train_seconds": None, "run": reuse[mode]}
         else:
             config = ROOT / "configs" / "demo" / f"ldm_{mode}_kl_f4.yaml"
-            run, _, seconds = _train(config, out / "runs", f"ldm_{mode}", max_steps=100_000, minutes=args.ldm_minutes,
-                                     batch_size=32, seed=args.seed,
+            run, _, seconds = _train(config, out / "runs", f"ldm_{mode}", steps=100_000, minutes=args.ldm_minutes,
+                                     batch_size=32, seed=args.seed, label=None,
                                      overrides=[f"model.params.first_stage_config.params.ckpt_path={ae_ckpt}",
                                                 "lightning.trainer.limit_val_batches=0",
                                                 "lightning.trainer.enable_progress_bar=false"])
             model = run.model.cpu().eval()
-            part = evaluate(mode, model, batch, args.steps, args.seed)
-            part.update(train_steps=int(run.trainer.global_step), train_seconds=round(seconds, 1), run=str(run.logdir))
-        report[mode] = part
+            trained = {"train_steps": int(run.trainer.global_step), "train_seconds": round(seconds, 1),
+                       "run": str(run.logdir)}
+        report[mode] = part = {**evaluate(mode, model, batch, args.steps, args.seed), **trained}
         print(f"[spatial] {mode}: {part}", flush=True)
         (out / "report.json").write_text(json.dumps(report, indent=2))
     print(json.dumps(report, indent=2))

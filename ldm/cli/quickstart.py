@@ -121,14 +121,17 @@ def _max_time(minutes: float) -> str:
 
 
 def _train(config_path: Path, logroot: Path, name: str, *, steps: int, minutes: float | None, batch_size: int,
-           seed: int, label: str, overrides: Sequence[str] = (), precision: str | None = None):
-    """One stage through the training CLI: exactly ``steps`` optimizer steps (unless ``minutes`` cuts it)."""
+           seed: int, label: str | None, overrides: Sequence[str] = (), precision: str | None = None):
+    """One stage through the training CLI: exactly ``steps`` optimizer steps (unless ``minutes`` cuts it).
+    ``label`` names the stage in the progress lines of the quick-start configs' ``quickstart_progress``
+    callback (None for a config without it)."""
     from ldm.cli.train import main as train_main
 
     argv = ["-b", str(config_path), "-t", "--no-test", "-l", str(logroot), "-n", name, "-s", str(seed),
             "--max_steps", str(steps), *(["--max_time", _max_time(minutes)] if minutes else []),
             *(["--precision", precision] if precision else []),
-            f"data.params.batch_size={batch_size}", f"lightning.callbacks.quickstart_progress.params.label={label}",
+            f"data.params.batch_size={batch_size}",
+            *([f"lightning.callbacks.quickstart_progress.params.label={label}"] if label is not None else []),
             *overrides]
     print(f"[quickstart] python main.py {' '.join(argv)}", flush=True)
     start = time.time()
