@@ -316,20 +316,22 @@ def run(argv: Sequence[str] | None = None) -> SampleResult:
     device = model.device
     generator = torch.Generator().manual_seed(args.seed)
     items = [c for c in conditions for _ in range(args.n_samples)]
-    init = keep_px = x_start = keep_latent = None
-    if spatial_px:  # an inpainting model: it sees the masked image; the known latents are held (unless
-        # --no-blend) and the known pixels pasted back
-        init, keep_px = spatial_px["init"].to(device), 1.0 - spatial_px["regenerate"].to(device)
-        if not args.no_blend:
-            x_start = encode_images(model, init)
-            keep_latent = 1.0 - downsample_mask(spatial_px["regenerate"].to(device), first_stage_factor(model))
+    init = regenerate = keep_px = x_start = keep_latent = None
+    if spatial_px:  # an inpainting model: it sees the masked image
+        init, regenerate = spatial_px["init"].to(device), spatial_px["regenerate"].to(device)
     elif args.mode in ("img2img", "inpaint"):
         init = load_image(args.init_img, height, width, image_channels(model)).to(device)
+        if args.mode == "inpaint":
+            regenerate = load_mask(args.mask, height, width).to(device)
+    # the known latents are held at every step (an inpainting model's only with its --no-blend off); the
+    # known pixels are pasted back after decoding
+    hold_latents = not (spatial_px and args.no_blend)
+    if init is not None and hold_latents:
         x_start = encode_images(model, init)
-    if args.mode == "inpaint" and not spatial:
-        regenerate = load_mask(args.mask, height, width).to(device)
+    if regenerate is not None:
         keep_px = 1.0 - regenerate
-        keep_latent = 1.0 - downsample_mask(regenerate, first_stage_factor(model))
+        if hold_latents:
+            keep_latent = 1.0 - downsample_mask(regenerate, first_stage_factor(model))
     # starting noise for every sample at once: a sample does not depend on --batch_size (DDIM eta=0)
     noise = None if args.mode == "img2img" else torch.randn((len(items), *shape), generator=generator)
 
