@@ -30,8 +30,9 @@ def main(argv=None) -> list[dict]:
     import torch
 
     from benchmarks.common import describe_device
-    from ldm.cli.quickstart import AUTOENCODER_CONFIG, _rate, _train, ldm_config_for, pick_threads
     from ldm.cli.quickstart_budget import Budget
+    from ldm.cli.quickstart_machine import pick_threads
+    from ldm.cli.quickstart_training import AUTOENCODER_CONFIG, ldm_config_for, steps_per_second, train_in_process
 
     threads = pick_threads(args.threads)
     torch.set_num_threads(threads)
@@ -45,10 +46,10 @@ def main(argv=None) -> list[dict]:
         for precision in PRECISIONS:
             overrides = [] if label == "autoencoder" else [
                 f"model.params.first_stage_config.params.ckpt_path={ae_ckpt}"]
-            result, ckpt, _ = _train(config, out / "runs", label.replace(" ", "_"), steps=args.steps, minutes=None,
-                                     batch_size=batch_size, seed=0, label=label, overrides=overrides,
-                                     precision=precision)
-            rates[precision] = _rate(result)
+            result, ckpt, _ = train_in_process(config, out / "runs", label.replace(" ", "_"), steps=args.steps,
+                                               minutes=None, batch_size=batch_size, seed=0, label=label,
+                                               overrides=overrides, precision=precision)
+            rates[precision] = steps_per_second(result)
             if label == "autoencoder" and ae_ckpt is None:
                 ae_ckpt = ckpt
             del result

@@ -159,7 +159,10 @@ def main(argv=None) -> dict:
     os.environ.setdefault("WANDB_MODE", "offline")
     import torch
 
-    from ldm.cli.quickstart import AUTOENCODER_CONFIG, _train, autoencoder_psnr, load_autoencoder, pick_threads
+    from ldm.cli.quickstart import load_autoencoder
+    from ldm.cli.quickstart_eval import autoencoder_psnr
+    from ldm.cli.quickstart_machine import pick_threads
+    from ldm.cli.quickstart_training import AUTOENCODER_CONFIG, train_in_process
     from ldm.precision import cpu_model
 
     threads = pick_threads(args.threads)
@@ -173,9 +176,9 @@ def main(argv=None) -> dict:
         ae_ckpt, ae_steps, ae_seconds = Path(args.ae_ckpt), 0, 0.0
         ae_model = load_autoencoder(ae_ckpt)
     else:
-        ae_run, ae_ckpt, ae_seconds = _train(AUTOENCODER_CONFIG, out / "runs", "autoencoder", steps=100_000,
-                                             minutes=args.ae_minutes, batch_size=16, seed=args.seed,
-                                             label="autoencoder")
+        ae_run, ae_ckpt, ae_seconds = train_in_process(
+            AUTOENCODER_CONFIG, out / "runs", "autoencoder", steps=100_000, minutes=args.ae_minutes, batch_size=16,
+            seed=args.seed, label="autoencoder")
         ae_model, ae_steps = ae_run.model, int(ae_run.trainer.global_step)
     report["autoencoder"] = {"psnr_db": autoencoder_psnr(ae_model, 256), "steps": ae_steps,
                              "train_seconds": ae_seconds, "checkpoint": str(ae_ckpt)}
@@ -190,11 +193,11 @@ def main(argv=None) -> dict:
             trained = {"train_steps": None, "train_seconds": None, "run": reuse[mode]}
         else:
             config = ROOT / "configs" / "demo" / f"ldm_{mode}_kl_f4.yaml"
-            run, _, seconds = _train(config, out / "runs", f"ldm_{mode}", steps=100_000, minutes=args.ldm_minutes,
-                                     batch_size=32, seed=args.seed, label=None,
-                                     overrides=[f"model.params.first_stage_config.params.ckpt_path={ae_ckpt}",
-                                                "lightning.trainer.limit_val_batches=0",
-                                                "lightning.trainer.enable_progress_bar=false"])
+            run, _, seconds = train_in_process(
+                config, out / "runs", f"ldm_{mode}", steps=100_000, minutes=args.ldm_minutes, batch_size=32,
+                seed=args.seed, label=None,
+                overrides=[f"model.params.first_stage_config.params.ckpt_path={ae_ckpt}",
+                           "lightning.trainer.limit_val_batches=0", "lightning.trainer.enable_progress_bar=false"])
             model = run.model.cpu().eval()
             trained = {"train_steps": int(run.trainer.global_step), "train_seconds": round(seconds, 1),
                        "run": str(run.logdir)}

@@ -91,12 +91,9 @@ def test_quickstart_fast_runs_end_to_end(tmp_path):
 
 
 def test_report_helpers_closed_form():
-    from ldm.cli.quickstart import (
-        _max_time,
-        pick_threads,
-        sample_histogram,
-        total_variation,
-    )
+    from ldm.cli.quickstart_eval import sample_histogram, total_variation
+    from ldm.cli.quickstart_machine import pick_threads
+    from ldm.cli.quickstart_training import max_time
 
     # TV(p, q) = 1/2 sum |p - q|: disjoint supports -> 1, identical -> 0, undecidable mass counts fully
     assert total_variation([1.0, 0.0], [0.0, 1.0]) == 1.0
@@ -104,7 +101,7 @@ def test_report_helpers_closed_form():
     assert total_variation([0.5, 0.0], [0.5, 0.5], p_extra=0.5) == 0.5
     histogram, undecidable = sample_histogram([0, 0, 11, -1])
     assert histogram[0] == 0.5 and histogram[11] == 0.25 and sum(histogram) == 0.75 and undecidable == 0.25
-    assert _max_time(3.5) == "00:00:03:30" and _max_time(90) == "00:01:30:00"
+    assert max_time(3.5) == "00:00:03:30" and max_time(90) == "00:01:30:00"
     assert pick_threads(3) == 3 and 1 <= pick_threads(0) <= (os.cpu_count() or 1)
     cores = os.cpu_count() or 1
     assert pick_threads(0, busy=0.3) == cores and pick_threads(0, busy=cores + 2.0) == 1

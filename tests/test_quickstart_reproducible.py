@@ -77,6 +77,7 @@ def test_precision_flag_reaches_every_stage(monkeypatch, tmp_path):
     from omegaconf import OmegaConf
 
     import ldm.cli.quickstart as quickstart
+    import ldm.cli.quickstart_training as training
     import ldm.cli.train as train
 
     seen = []
@@ -91,12 +92,12 @@ def test_precision_flag_reaches_every_stage(monkeypatch, tmp_path):
             [] if precision is None else ["--precision", precision]))
         assert budget.precision == precision
         with pytest.raises(RuntimeError, match="stop here"):
-            quickstart._train(quickstart.LDM_CONFIG, tmp_path, "x", steps=1, minutes=None, batch_size=2, seed=0,
+            training.train_in_process(training.LDM_CONFIG, tmp_path, "x", steps=1, minutes=None, batch_size=2, seed=0,
                               label="x", precision=budget.precision)
     with_flag, without = seen
     assert with_flag[with_flag.index("--precision") + 1] == "bf16-mixed" and "--precision" not in without
-    assert OmegaConf.load(quickstart.LDM_CONFIG).lightning.trainer.precision == 32
-    assert OmegaConf.load(quickstart.AUTOENCODER_CONFIG).lightning.trainer.precision == "auto"
+    assert OmegaConf.load(training.LDM_CONFIG).lightning.trainer.precision == 32
+    assert OmegaConf.load(training.AUTOENCODER_CONFIG).lightning.trainer.precision == "auto"
 
 
 def test_progress_line_and_eta():

@@ -3,21 +3,24 @@
 ``python -m ldm.cli.quickstart [--out logs/quickstart] [--seed 23] [--fast]`` (``bash scripts/quickstart.sh``):
 
 1. **Stage 1** - trains the KL-f4 autoencoder of ``configs/demo/quickstart_autoencoder.yaml`` on the
-   embedded shapes data through the training CLI (:func:`ldm.cli.train.main`) and measures its
+   embedded shapes data through the training CLI (``main.py``, a 2-rank DDP job) and measures its
    validation PSNR.
-2. **Stage 2** - trains ``configs/demo/quickstart_ldm.yaml`` twice on that autoencoder's latents: a
-   class-conditional and a text-conditional model (one conditioner each, 10% condition dropout for
-   classifier-free guidance). The stage-1 checkpoint is found in the run it just wrote and passed as
-   ``model.params.first_stage_config.params.ckpt_path=<run>/checkpoints/last.ckpt``.
-3. **Sampling and evaluation** (:mod:`ldm.cli.quickstart_eval`) - DDIM and DPM-Solver++ under
-   classifier-free guidance, scored by the training-free shapes oracle, and the unconditional samples'
-   class histogram against the data's.
+2. **Latent cache** - encodes the first ``ldm_train_images`` training images once with the frozen
+   autoencoder (:mod:`ldm.data.latent_cache`, LDM Sec. 3.2: ``z = E(x)`` is fixed in stage 2).
+3. **Stage 2** - trains ``configs/demo/quickstart_ldm.yaml`` twice on those latents, side by side in two
+   processes (:mod:`ldm.cli.quickstart_stage`): a class-conditional and a text-conditional model (one
+   conditioner each, 10% condition dropout for classifier-free guidance), each with
+   ``model.params.first_stage_config.params.ckpt_path=<stage-1 run>/checkpoints/last.ckpt``.
+4. **Sampling and evaluation** (:mod:`ldm.cli.quickstart_eval`, in each stage-2 process) - DDIM and
+   DPM-Solver++ under classifier-free guidance, scored by the training-free shapes oracle, and the
+   unconditional samples' class histogram against the data's.
 
-Every stage trains a fixed number of steps from ``--seed`` (:mod:`ldm.cli.quickstart_budget`), so the
-same command gives the same numbers on a fast, slow or busy machine; a progress line per stage shows
+Every stage trains a fixed number of steps from ``--seed`` (:mod:`ldm.cli.quickstart_budget`) in
+single-threaded processes (:mod:`ldm.cli.quickstart_processes` says why), so the same command gives the
+same numbers on a fast, slow or busy machine - only the time varies; a progress line per stage shows
 steps/s and the time left. Writes ``<out>/grid.png`` (class-conditional samples, one row per class),
 ``<out>/grid_text.png``, ``<out>/report.json`` and ``<out>/report.md`` (:mod:`ldm.cli.quickstart_report`:
-seed, steps, wall time, threads, CPU).
+seed, steps, wall time, threads, processes, CPU).
 """
 from __future__ import annotations
 
@@ -31,21 +34,15 @@ from pathlib import Path
 from typing import Any
 
 from ldm.cli.quickstart_budget import FAST, Budget
-from ldm.cli.quickstart_eval import (  # noqa: F401  (re-exported: the tests and benchmarks import them here)
-    autoencoder_psnr,
-    evaluate_class_model,
-    evaluate_text_model,
-    sample_histogram,
-    save_grid,
-    total_variation,
-)
-from ldm.cli.quickstart_machine import busy_cores, machine_info, pick_threads
+from ldm.cli.quickstart_eval import autoencoder_psnr
+from ldm.cli.quickstart_machine import busy_cores, machine_info
+from ldm.cli.quickstart_processes import main_py, new_run_directory, run_side_by_side
 from ldm.cli.quickstart_report import finite_check, markdown_report, target_summary
+from ldm.cli.quickstart_stage import part_path, write_budget
+from ldm.cli.quickstart_training import AUTOENCODER_CONFIG, CONDITION_KINDS, LDM_CONFIG, read_progress, train_argv
 
-ROOT = Path(__file__).resolve().parents[2]
-AUTOENCODER_CONFIG = ROOT / "configs" / "demo" / "quickstart_autoencoder.yaml"
-LDM_CONFIG = ROOT / "configs" / "demo" / "quickstart_ldm.yaml"
-CONDITION_KINDS = ("class", "text")
+#: the autoencoder trains as a DDP job of this many single-threaded ranks (ldm/cli/quickstart_processes.py)
+AUTOENCODER_RANKS = 2
 
 # -- options ---------------------------------------------------------------------------------------
 
@@ -78,8 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--ddim-steps", type=int, default=None, help="DDIM steps of the main samples")
     parser.add_argument("--dpm-steps", type=int, default=None, help="DPM-Solver++ steps (fewer than DDIM)")
     parser.add_argument("--guidance-scale", type=float, default=None, help="classifier-free guidance scale (> 1)")
-    parser.add_argument("--threads", type=int, default=0,
-                        help="torch CPU threads; 0 = auto (the idle cores: oversubscribing a busy CPU is very slow)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads of each training process (2 autoencoder ranks, then the class and "
+                             "text models side by side); another value gives other numbers (summation order)")
     parser.add_argument("--precision", default=None,
                         help="trainer precision of every stage (32, bf16-mixed, auto; default: the configs' "
                              "value, 32 - docs/quality.md measures why)")
@@ -112,63 +110,6 @@ def budget_from_args(args: argparse.Namespace) -> Budget:
     return budget
 
 
-def _max_time(minutes: float) -> str:
-    seconds = max(1, round(minutes * 60))
-    return f"00:{seconds // 3600:02d}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
-
-
-# -- training ----------------------------------------------------------------------------------------
-
-
-def _train(config_path: Path, logroot: Path, name: str, *, steps: int, minutes: float | None, batch_size: int,
-           seed: int, label: str | None, overrides: Sequence[str] = (), precision: str | None = None):
-    """One stage through the training CLI: exactly ``steps`` optimizer steps (unless ``minutes`` cuts it).
-    ``label`` names the stage in the progress lines of the quick-start configs' ``quickstart_progress``
-    callback (None for a config without it)."""
-    from ldm.cli.train import main as train_main
-
-    argv = ["-b", str(config_path), "-t", "--no-test", "-l", str(logroot), "-n", name, "-s", str(seed),
-            "--max_steps", str(steps), *(["--max_time", _max_time(minutes)] if minutes else []),
-            *(["--precision", precision] if precision else []),
-            f"data.params.batch_size={batch_size}",
-            *([f"lightning.callbacks.quickstart_progress.params.label={label}"] if label is not None else []),
-            *overrides]
-    print(f"[quickstart] python main.py {' '.join(argv)}", flush=True)
-    start = time.time()
-    result = train_main(argv)
-    seconds = time.time() - start
-    checkpoint = Path(result.paths.ckptdir) / "last.ckpt"
-    if not checkpoint.is_file():
-        raise RuntimeError(f"training {name} finished without writing {checkpoint}")
-    return result, checkpoint, seconds
-
-
-def _rate(result) -> float:
-    """Training steps per second of a stage, as its progress callback measured them (no setup time)."""
-    from ldm.cli.quickstart_progress import StepProgress
-
-    progress = [cb for cb in result.trainer.callbacks if isinstance(cb, StepProgress)]
-    return progress[0].steps_per_second if progress else 0.0
-
-
-def ldm_config_for(kind: str, out: Path) -> Path:
-    """``quickstart_ldm.yaml`` with the ``kind`` conditioner (class / text), written under ``out``."""
-    from omegaconf import OmegaConf
-
-    config = OmegaConf.load(LDM_CONFIG)
-    choices = config.pop("quickstart")["conditioners"]
-    if kind not in choices:
-        raise ValueError(f"{LDM_CONFIG}: no quickstart.conditioners.{kind}")
-    config.model.params.cond_stage_key = choices[kind].cond_stage_key
-    config.model.params.cond_stage_config = choices[kind].cond_stage_config
-    if "model_params" in choices[kind]:  # e.g. the text model's cross-attention UNet
-        config.model.params = OmegaConf.merge(config.model.params, choices[kind].model_params)
-    path = out / "configs" / f"quickstart_ldm_{kind}.yaml"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    OmegaConf.save(config, path)
-    return path
-
-
 def load_autoencoder(checkpoint: Path):
     """The quick-start autoencoder with the weights of ``checkpoint`` (for ``--ae-ckpt``)."""
     from ldm.cli.first_stage import load_first_stage
@@ -178,94 +119,130 @@ def load_autoencoder(checkpoint: Path):
     return load_first_stage(AUTOENCODER_CONFIG, checkpoint)[0]
 
 
+# -- stages ------------------------------------------------------------------------------------------
+
+
+def train_autoencoder(budget: Budget, out: Path, seed: int, threads: int) -> dict:
+    """Stage 1 as a DDP job of :data:`AUTOENCODER_RANKS` processes (``main.py --strategy ddp``), the global
+    batch split between them; returns its part of the report."""
+    logroot, name = out / "runs", "quickstart_autoencoder"
+    progress_file = logroot / "autoencoder_progress.json"
+    argv = train_argv(AUTOENCODER_CONFIG, logroot, name, steps=budget.ae_steps, minutes=budget.ae_minutes,
+                      batch_size=max(1, budget.ae_batch_size // AUTOENCODER_RANKS), seed=seed, label="autoencoder",
+                      precision=budget.precision, progress_file=progress_file,
+                      overrides=["--accelerator", "cpu", "--strategy", "ddp", "--devices", str(AUTOENCODER_RANKS)])
+    before = set(logroot.glob(f"*_{name}*"))
+    start = time.time()
+    run_side_by_side({"autoencoder": main_py(argv)}, threads=threads)
+    seconds = time.time() - start
+    run_dir = new_run_directory(logroot, name, before)
+    progress = read_progress(progress_file)
+    return {"steps": progress["steps"], "steps_budget": budget.ae_steps, "train_seconds": seconds,
+            "steps_per_second": progress["steps_per_second"], "precision": progress.get("precision", "?"),
+            "checkpoint": str(run_dir / "checkpoints" / "last.ckpt"), "run": str(run_dir),
+            "ranks": AUTOENCODER_RANKS}
+
+
+def encode_latent_cache(ae_model, ae_ckpt: Path, budget: Budget, out: Path) -> tuple[Path, float]:
+    """The first ``budget.ldm_train_images`` training images encoded once by the frozen autoencoder
+    (:mod:`ldm.data.latent_cache`): the latent models then train without the encoder in their step."""
+    from omegaconf import OmegaConf
+
+    from ldm.data.latent_cache.encode import encode_dataset
+    from ldm.util import instantiate_from_config
+
+    train = OmegaConf.load(LDM_CONFIG).data.params.train
+    path = out / "latent_cache"
+    start = time.time()
+    encode_dataset(ae_model, instantiate_from_config(train), path, batch_size=128, shard_size=5000,
+                   limit=budget.ldm_train_images, overwrite=True,
+                   info={"command": ["python", "-m", "ldm.cli.quickstart"],
+                         "first_stage": {"target": "ldm.models.autoencoder.AutoencoderKL",
+                                         "config": str(AUTOENCODER_CONFIG),
+                                         "checkpoint": {"path": str(ae_ckpt)}},
+                         "source": {"config": str(LDM_CONFIG), "split": "train",
+                                    "dataset": OmegaConf.to_container(train)}})
+    seconds = time.time() - start
+    print(f"[quickstart] latent cache: {budget.ldm_train_images} training images encoded in {seconds:.0f} s "
+          f"-> {path}", flush=True)
+    return path, seconds
+
+
+def train_latent_models(kinds: Sequence[str], budget: Budget, seed: int, ae_ckpt: Path, cache: Path, out: Path,
+                        threads: int) -> dict[str, dict]:
+    """Stage 2: one child process per conditioner (:mod:`ldm.cli.quickstart_stage`), side by side."""
+    budget_file = write_budget(budget, out / "runs" / "budget.json")
+    commands = {f"{kind} LDM": [sys.executable, "-m", "ldm.cli.quickstart_stage", "--kind", kind, "--budget",
+                                budget_file, "--seed", seed, "--ae-ckpt", ae_ckpt, "--cache", cache, "--out", out,
+                                "--threads", threads] for kind in kinds}
+    for kind in kinds:
+        part_path(out, kind).unlink(missing_ok=True)
+    run_side_by_side(commands, threads=threads)
+    return {kind: json.loads(part_path(out, kind).read_text()) for kind in kinds}
+
+
 # -- driver ------------------------------------------------------------------------------------------
 
 
 def run(argv: Sequence[str] | None = None) -> dict:
     args = build_parser().parse_args(argv)
     budget = budget_from_args(args)
-    out = Path(args.out)
+    if args.threads < 1:
+        print(f"quickstart: error: --threads must be positive, got {args.threads}", file=sys.stderr)
+        raise SystemExit(2)
+    out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("WANDB_MODE", "offline")
     import torch
 
-    busy = None if args.threads > 0 else busy_cores()
-    threads = pick_threads(args.threads, busy=busy)
-    torch.set_num_threads(threads)
-    machine = machine_info(threads, busy)
+    torch.set_num_threads(args.threads)  # this process: PSNR and the latent cache
+    machine = machine_info(args.threads, busy_cores())
     kinds = (args.only,) if args.only else CONDITION_KINDS
-    print(f"[quickstart] output: {out} | seed {args.seed} | {machine['cpu_model']}, torch threads: {threads} | "
-          f"steps: autoencoder {0 if args.ae_ckpt else budget.ae_steps}, "
-          + ", ".join(f"{kind} LDM {budget.steps(kind)}" for kind in kinds)
-          + (" | fast smoke-test mode" if args.fast else ""), flush=True)
+    print(f"[quickstart] output: {out} | seed {args.seed} | {machine['cpu_model']}, {args.threads} torch thread(s) "
+          f"per process | steps: autoencoder {0 if args.ae_ckpt else budget.ae_steps} "
+          f"({AUTOENCODER_RANKS} DDP ranks), " + ", ".join(f"{kind} LDM {budget.steps(kind)}" for kind in kinds)
+          + (" side by side" if len(kinds) > 1 else "") + (" | fast smoke-test mode" if args.fast else ""),
+          flush=True)
     started = time.time()
 
     # stage 1
     if args.ae_ckpt:
-        ae_model, ae_ckpt = load_autoencoder(Path(args.ae_ckpt)), Path(args.ae_ckpt)
-        ae_steps, ae_seconds, ae_dir = 0, 0.0, str(Path(args.ae_ckpt).resolve().parents[1])
-        ae_precision, ae_rate = "none (--ae-ckpt)", 0.0
+        ae = {"steps": 0, "steps_budget": 0, "train_seconds": 0.0, "steps_per_second": 0.0,
+              "precision": "none (--ae-ckpt)", "checkpoint": str(Path(args.ae_ckpt).resolve()),
+              "run": str(Path(args.ae_ckpt).resolve().parents[1])}
     else:
-        ae_run, ae_ckpt, ae_seconds = _train(AUTOENCODER_CONFIG, out / "runs", "quickstart_autoencoder",
-                                             steps=budget.ae_steps, minutes=budget.ae_minutes,
-                                             batch_size=budget.ae_batch_size, seed=args.seed, label="autoencoder",
-                                             precision=budget.precision)
-        ae_model, ae_steps, ae_dir = ae_run.model, int(ae_run.trainer.global_step), str(ae_run.logdir)
-        ae_precision, ae_rate = str(ae_run.trainer.precision), _rate(ae_run)
-        del ae_run
-    psnr = autoencoder_psnr(ae_model, budget.val_images)
-    print(f"[quickstart] autoencoder: {ae_steps} steps ({ae_rate:.1f} steps/s), validation "
-          f"PSNR {psnr:.2f} dB, checkpoint {ae_ckpt}", flush=True)
-    report: dict[str, Any] = {"seed": args.seed, "autoencoder": {
-        "psnr_db": psnr, "steps": ae_steps, "steps_budget": 0 if args.ae_ckpt else budget.ae_steps,
-        "train_seconds": ae_seconds, "steps_per_second": ae_rate, "precision": ae_precision, "checkpoint": str(ae_ckpt),
-        "run": ae_dir}}
+        ae = train_autoencoder(budget, out, args.seed, args.threads)
+    ae_ckpt = Path(ae["checkpoint"])
+    ae_model = load_autoencoder(ae_ckpt)
+    ae["psnr_db"] = autoencoder_psnr(ae_model, budget.val_images)
+    print(f"[quickstart] autoencoder: {ae['steps']} steps ({ae['steps_per_second']:.1f} steps/s), validation "
+          f"PSNR {ae['psnr_db']:.2f} dB, checkpoint {ae_ckpt}", flush=True)
+    cache, ae["latent_cache_seconds"] = encode_latent_cache(ae_model, ae_ckpt, budget, out)
     del ae_model
 
-    # stage 2: one model per condition, each on the autoencoder just trained
-    grids = {}
-    for kind in kinds:
-        config = ldm_config_for(kind, out)
-        steps = budget.steps(kind)
-        run_result, ckpt, seconds = _train(
-            config, out / "runs", f"quickstart_ldm_{kind}", steps=steps, minutes=budget.ldm_minutes,
-            batch_size=budget.ldm_batch_size, seed=args.seed, label=f"{kind} LDM", precision=budget.precision,
-            overrides=[f"model.params.first_stage_config.params.ckpt_path={ae_ckpt}",
-                       *budget.extra_overrides])
-        model = run_result.model.cpu().eval()
-        evaluate = evaluate_class_model if kind == "class" else evaluate_text_model
-        part, grids[kind] = evaluate(model, budget, args.seed)
-        trained = int(run_result.trainer.global_step)
-        part.update(train_steps=trained, steps_budget=steps, train_seconds=seconds,
-                    steps_per_second=_rate(run_result), checkpoint=str(ckpt), run=str(run_result.logdir),
-                    scale_factor=float(model.scale_factor))
-        report[f"{kind}_conditional"] = part
-        part["precision"] = str(run_result.trainer.precision)
-        print(f"[quickstart] {kind}-conditional: {trained} steps ({part['steps_per_second']:.1f} steps/s), oracle "
-              f"accuracy {part['oracle_accuracy_cfg']:.1%} (CFG {budget.guidance_scale:g}) vs "
-              f"{part['oracle_accuracy_scale1']:.1%} (scale 1)", flush=True)
-        del run_result, model
-
+    # stage 2: one model per condition, each on the autoencoder just trained, side by side
+    parts = train_latent_models(kinds, budget, args.seed, ae_ckpt, cache, out, args.threads)
+    report: dict[str, Any] = {"seed": args.seed, "autoencoder": ae,
+                              **{f"{kind}_conditional": part for kind, part in parts.items()}}
     # the trainer precision of each stage (autoencoder / class / text): the configs differ, docs/quality.md
-    precision = " / ".join([ae_precision] + [report[f"{kind}_conditional"]["precision"] for kind in kinds])
-    report.update(threads=threads, machine=machine, precision=precision, fast=bool(args.fast),
-                  command=" ".join(["python -m ldm.cli.quickstart", *(argv or [])]))
-    if args.only:  # a recipe experiment: no grids, no targets
-        report.update(seconds_total=time.time() - started)
+    precision = " / ".join([ae["precision"]] + [parts[kind]["precision"] for kind in kinds])
+    processes = (f"autoencoder {AUTOENCODER_RANKS} DDP ranks, then {len(kinds)} latent model(s) "
+                 + ("side by side" if len(kinds) > 1 else "in one process"))
+    report.update(threads=args.threads, processes=processes, machine=machine, precision=precision,
+                  fast=bool(args.fast), command=" ".join(["python -m ldm.cli.quickstart", *(argv or [])]))
+    report["seconds_total"] = time.time() - started
+    if args.only:  # a recipe experiment: no targets
         (out / "report.json").write_text(json.dumps(report, indent=2))
         print(f"[quickstart] report: {out / 'report.json'}")
         return report
-    grid, grid_text = out / "grid.png", out / "grid_text.png"
-    save_grid(grids["class"], grid, nrow=budget.samples_per_class)
-    save_grid(grids["text"], grid_text, nrow=8)
-    report.update(grid=str(grid), grid_text=str(grid_text), seconds_total=time.time() - started)
+    report.update(grid=parts["class"]["grid"], grid_text=parts["text"]["grid"])
     report["targets"] = target_summary(report)
     finite_check(report)
     (out / "report.json").write_text(json.dumps(report, indent=2))
     (out / "report.md").write_text(markdown_report(report))
     print(markdown_report(report))
-    print(f"[quickstart] image grid: {grid} (text: {grid_text})")
+    print(f"[quickstart] image grid: {report['grid']} (text: {report['grid_text']})")
     print(f"[quickstart] report: {out / 'report.md'} and {out / 'report.json'}")
     return report
 

@@ -23,6 +23,7 @@ class Budget:
     ldm_minutes: float | None = None
     ae_batch_size: int = 16
     ldm_batch_size: int = 32
+    ldm_train_images: int = 20000       # the latent cache the latent models train from (encoded once)
     val_images: int = 256               # autoencoder PSNR on this many validation images
     samples_per_class: int = 8          # class-conditional samples: 12 classes × this
     text_samples: int = 96
@@ -39,5 +40,6 @@ class Budget:
 
 
 #: ``--fast``: the CI smoke test (seconds): a few steps, tiny batches, few samples
-FAST = {"ae_steps": 3, "class_steps": 3, "text_steps": 3, "ae_batch_size": 4, "ldm_batch_size": 4, "val_images": 8,
-        "samples_per_class": 1, "text_samples": 4, "unconditional_samples": 12, "ddim_steps": 3, "fast_steps": 2}
+FAST = {"ae_steps": 3, "class_steps": 3, "text_steps": 3, "ae_batch_size": 4, "ldm_batch_size": 4,
+        "ldm_train_images": 32, "val_images": 8, "samples_per_class": 1, "text_samples": 4,
+        "unconditional_samples": 12, "ddim_steps": 3, "fast_steps": 2}

@@ -7,7 +7,9 @@ makes a slow or busy machine visible at once.
 """
 from __future__ import annotations
 
+import json
 import time
+from pathlib import Path
 
 from lightning.pytorch.callbacks import Callback
 
@@ -20,12 +22,16 @@ def format_eta(seconds: float) -> str:
 
 
 class StepProgress(Callback):
-    """Print ``[quickstart] <label>: step 1200/3000 (40%), 11.8 steps/s, ETA 2:33`` every few seconds."""
+    """Print ``[quickstart] <label>: step 1200/3000 (40%), 11.8 steps/s, ETA 2:33`` every few seconds.
 
-    def __init__(self, label: str = "training", every_seconds: float = 10.0):
+    With ``summary_path`` the final step count, training seconds and rate are also written there as JSON
+    (rank 0), for a driver that ran the stage as a child process."""
+
+    def __init__(self, label: str = "training", every_seconds: float = 10.0, summary_path: str | None = None):
         super().__init__()
         self.label = label
         self.every_seconds = float(every_seconds)
+        self.summary_path = summary_path
         self._start = self._last = 0.0
         self._first_step = 0
         self.seconds = 0.0          # training time of the stage (set at the end)
@@ -59,6 +65,11 @@ class StepProgress(Callback):
         if trainer.is_global_zero:
             print(self.line(trainer.global_step, trainer.max_steps, elapsed) + f", done in {format_eta(elapsed)}",
                   flush=True)
+            if self.summary_path:
+                summary = {"steps": int(trainer.global_step), "seconds": elapsed, "precision": str(trainer.precision),
+                           "steps_per_second": self.steps_per_second}
+                Path(self.summary_path).parent.mkdir(parents=True, exist_ok=True)
+                Path(self.summary_path).write_text(json.dumps(summary))
 
 
 class LinearLRDecay(Callback):

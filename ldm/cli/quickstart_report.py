@@ -91,9 +91,10 @@ def markdown_report(report: dict) -> str:
                        for label, key in STAGES)
     summary = [f"Seed {report['seed']}; {stages}.",
                (f"Total {report['seconds_total'] / 60:.1f} min wall on {machine['cpu_model']} "
-               f"({machine['cpu_count']} CPUs, torch {machine['torch_version']} on {machine['torch_threads']} "
-               f"thread(s), native bf16: {'yes' if machine['native_cpu_bf16'] else 'no'}; precision "
-               f"{report['precision']} (autoencoder / latent models))."),
+               f"({machine['cpu_count']} CPUs, torch {machine['torch_version']}, {machine['torch_threads']} "
+               f"thread(s) per process: {report.get('processes', 'one process')}; "
+               f"native bf16: {'yes' if machine['native_cpu_bf16'] else 'no'}; precision "
+               f"{report['precision']} (autoencoder / class / text))."),
                f"Command: `{report['command']}`"]
     lines = ["# Quick-start report", "", *summary, "", "| metric | value | target |", "|---|---|---|"]
     lines += [f"| {a} | {b} | {c} |" for a, b, c in rows]

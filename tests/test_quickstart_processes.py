@@ -1,0 +1,68 @@
+"""The quick start's child processes: single-threaded environments, side-by-side runs that fail loudly,
+and finding the run directory a child created."""
+from __future__ import annotations
+
+import sys
+import time
+
+import pytest
+
+from ldm.cli.quickstart_processes import (
+    THREAD_VARIABLES,
+    StageFailed,
+    child_environment,
+    new_run_directory,
+    run_side_by_side,
+)
+
+
+def test_child_environment_fixes_the_thread_count(monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "8")
+    env = child_environment(1)
+    assert all(env[name] == "1" for name in THREAD_VARIABLES)
+    assert env["HF_HUB_OFFLINE"] == "1" and env["PYTHONPATH"]
+
+
+def test_children_see_one_torch_thread(tmp_path):
+    out = tmp_path / "threads.txt"
+    code = f"import torch; open({str(out)!r}, 'w').write(str(torch.get_num_threads()))"
+    run_side_by_side({"probe": [sys.executable, "-c", code]}, threads=1)
+    assert out.read_text() == "1"
+
+
+def test_a_failing_stage_stops_the_others_and_names_itself(tmp_path):
+    marker = tmp_path / "finished"
+    slow = [sys.executable, "-c", f"import time; time.sleep(20); open({str(marker)!r}, 'w').write('x')"]
+    failing = [sys.executable, "-c", "import sys; sys.exit(3)"]
+    start = time.monotonic()
+    with pytest.raises(StageFailed, match=r"text LDM stage failed \(exit code 3\)"):
+        run_side_by_side({"class LDM": slow, "text LDM": failing})
+    assert time.monotonic() - start < 15 and not marker.exists()  # the slow one was stopped, not awaited
+
+
+def test_new_run_directory_finds_the_one_the_child_wrote(tmp_path):
+    old = tmp_path / "2026-01-01T00-00-00_quickstart_autoencoder"
+    (old / "checkpoints").mkdir(parents=True)
+    (old / "checkpoints" / "last.ckpt").write_bytes(b"x")
+    before = set(tmp_path.glob("*_quickstart_autoencoder*"))
+    new = tmp_path / "2026-01-01T00-00-00_quickstart_autoencoder_1"
+    (new / "checkpoints").mkdir(parents=True)
+    with pytest.raises(StageFailed, match="found none"):  # no checkpoint yet: training did not finish
+        new_run_directory(tmp_path, "quickstart_autoencoder", before)
+    (new / "checkpoints" / "last.ckpt").write_bytes(b"x")
+    assert new_run_directory(tmp_path, "quickstart_autoencoder", before) == new
+
+
+def test_the_stage_child_gets_the_drivers_budget_and_the_cache(tmp_path):
+    from omegaconf import OmegaConf
+
+    from ldm.cli.quickstart import budget_from_args, build_parser
+    from ldm.cli.quickstart_stage import read_budget, write_budget
+    from ldm.cli.quickstart_training import ldm_config_for
+
+    budget = budget_from_args(build_parser().parse_args(["--class-steps", "123", "--set", "a.b=1"]))
+    assert read_budget(write_budget(budget, tmp_path / "budget.json")) == budget
+    config = OmegaConf.load(ldm_config_for("text", tmp_path, cache=tmp_path / "cache"))
+    assert config.data.params.train.target == "ldm.data.latent_cache.LatentCacheDataset"
+    assert config.data.params.train.params.path == str((tmp_path / "cache").resolve())
+    assert config.model.params.conditioning_key == "crossattn" and "quickstart" not in config
