@@ -17,13 +17,13 @@ from dataclasses import dataclass, field
 @dataclass
 class Budget:
     ae_steps: int = 3000
-    class_steps: int = 3000
-    text_steps: int = 2000
+    class_steps: int = 4500
+    text_steps: int = 2400
     ae_minutes: float | None = None      # optional time box per stage (None: the step budget alone)
     ldm_minutes: float | None = None
     ae_batch_size: int = 16
     ldm_batch_size: int = 32
-    ldm_train_images: int = 20000       # the latent cache the latent models train from (encoded once)
+    ldm_train_images: int = 16000       # the latent cache the latent models train from (encoded once)
     val_images: int = 256               # autoencoder PSNR on this many validation images
     samples_per_class: int = 8          # class-conditional samples: 12 classes × this
     text_samples: int = 96
