@@ -26,7 +26,7 @@ def _fast_runs(outs: list[Path], seed: int) -> list[dict]:
                               stderr=subprocess.PIPE, text=True) for out in outs]
     reports = []
     for proc, out in zip(procs, outs):
-        stdout, stderr = proc.communicate(timeout=300)
+        stdout, stderr = proc.communicate(timeout=600)
         assert proc.returncode == 0, stdout[-3000:] + stderr[-5000:]
         assert "steps/s" in stdout and "[quickstart] text LDM: step 3/3 (100%)" in stdout
         reports.append(json.loads((out / "report.json").read_text()))
