@@ -4,10 +4,11 @@ Every training stage runs a fixed number of optimizer steps from fixed seeds (Li
 ``seed_everything(seed)`` before the model is built, so weights, the shuffled data order and the
 diffusion noise repeat; the shapes data are rendered from ``(seed 0, split, index)``), so the same
 command gives the same model on any machine - only the time it takes varies. The defaults were sized
-from idle-machine rates on a 2-core CPU (torch on 2 threads, docs/quality.md): autoencoder ~9 steps/s,
-class LDM ~17 steps/s, text LDM (cross-attention at 8×8 and 4×4) ~8 steps/s, so
-3000 / 9 + 3000 / 17 + 2000 / 8 ≈ 760 s of training, plus ~20 s of sampling and ~80 s of setup: within
-15 minutes. A time box (``--ae-minutes`` / ``--ldm-minutes``) stays available as an explicit cap.
+from idle-machine rates on a 2-core CPU (1 thread per process, docs/quality.md): autoencoder ~7.6 steps/s
+(2 DDP ranks), then class ~14.4 and text ~7.0 steps/s side by side from the latent cache, so
+3000 / 7.6 + ~35 s of cache + max(4500 / 14.4, 2400 / 7.0) ≈ 780 s of training, plus ~30 s of sampling and
+~90 s of setup: just within 15 minutes. A time box (``--ae-minutes`` / ``--ldm-minutes``) stays available
+as an explicit cap.
 """
 from __future__ import annotations
 
