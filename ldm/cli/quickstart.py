@@ -132,6 +132,7 @@ def train_autoencoder(budget: Budget, out: Path, seed: int, threads: int) -> dic
                       precision=budget.precision, progress_file=progress_file,
                       overrides=["--accelerator", "cpu", "--strategy", "ddp", "--devices", str(AUTOENCODER_RANKS)])
     before = set(logroot.glob(f"*_{name}*"))
+    progress_file.unlink(missing_ok=True)  # a rerun into the same --out must not read the last run's rate
     start = time.time()
     run_side_by_side({"autoencoder": main_py(argv)}, threads=threads)
     seconds = time.time() - start
