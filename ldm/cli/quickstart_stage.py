@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ldm.cli.quickstart_budget import Budget
-from ldm.cli.quickstart_training import CONDITION_KINDS, ldm_config_for, read_progress, train_in_process
+from ldm.cli.quickstart_training import CONDITION_KINDS, ldm_config_for, steps_per_second, train_in_process
 
 GRID_NAMES = {"class": "grid.png", "text": "grid_text.png"}
 
@@ -42,11 +42,9 @@ def train_and_evaluate(kind: str, budget: Budget, seed: int, ae_ckpt: Path, cach
 
     config = ldm_config_for(kind, out, cache=cache)
     steps = budget.steps(kind)
-    progress_file = out / "runs" / f"{kind}_progress.json"
     result, checkpoint, seconds = train_in_process(
         config, out / "runs", f"quickstart_ldm_{kind}", steps=steps, minutes=budget.ldm_minutes,
         batch_size=budget.ldm_batch_size, seed=seed, label=f"{kind} LDM", precision=budget.precision,
-        progress_file=progress_file,
         overrides=[f"model.params.first_stage_config.params.ckpt_path={ae_ckpt}", *budget.extra_overrides])
     model = result.model.cpu().eval()
     evaluate = evaluate_class_model if kind == "class" else evaluate_text_model
@@ -55,7 +53,7 @@ def train_and_evaluate(kind: str, budget: Budget, seed: int, ae_ckpt: Path, cach
     save_grid(images, grid, nrow=budget.samples_per_class if kind == "class" else 8)
     trained = int(result.trainer.global_step)
     part.update(train_steps=trained, steps_budget=steps, train_seconds=seconds,
-                steps_per_second=read_progress(progress_file)["steps_per_second"], checkpoint=str(checkpoint),
+                steps_per_second=steps_per_second(result), checkpoint=str(checkpoint),
                 run=str(result.logdir), scale_factor=float(model.scale_factor),
                 precision=str(result.trainer.precision), grid=str(grid), latent_cache=str(cache) if cache else None)
     print(f"[quickstart] {kind}-conditional: {trained} steps ({part['steps_per_second']:.1f} steps/s), oracle "
