@@ -133,8 +133,11 @@ class LambdaLinearScheduler(LambdaWarmUpCosineScheduler2):
     """Like :class:`LambdaWarmUpCosineScheduler2`, but after warm-up the factor falls linearly,
     ``f = f_min + (f_max - f_min) * (L - n) / L`` with ``n`` the step within the cycle and ``L`` its
     length (the original's formula: it measures the decay from the cycle start, not from the end
-    of warm-up). With ``f_min = f_max = 1`` this is a pure linear warm-up (Stable Diffusion)."""
+    of warm-up). With ``f_min = f_max = 1`` this is a pure linear warm-up (Stable Diffusion). Past the
+    end of the last cycle the factor stays at its ``f_min`` (the original's formula would go on falling,
+    below zero: a negative learning rate for a run trained past its schedule)."""
 
     def _after_warm_up(self, cycle: int, n: float) -> float:
         length = self.cycle_lengths[cycle]
+        n = min(n, length)
         return self.f_min[cycle] + (self.f_max[cycle] - self.f_min[cycle]) * (length - n) / length

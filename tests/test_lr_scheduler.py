@@ -1,4 +1,3 @@
-import math
 
 import pytest
 import torch
@@ -28,8 +27,8 @@ def test_lambda_linear_decay_and_cycles():
     assert s(100) == pytest.approx(0.2)  # a step equal to a cycle end still belongs to that cycle
     # cycle 1 starts at step 100 (exclusive): n = 25 within the cycle, no warm-up
     assert s(125) == pytest.approx(0.1 + (0.5 - 0.1) * (50 - 25) / 50)
-    # past the last cycle the last cycle is kept
-    assert math.isfinite(s(10 ** 6))
+    # past the last cycle its final value is kept (the original formula would turn negative)
+    assert s(150) == pytest.approx(0.1) and s(10 ** 6) == pytest.approx(0.1)
 
 
 def test_warm_up_cosine_values():

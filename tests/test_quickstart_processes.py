@@ -66,3 +66,40 @@ def test_the_stage_child_gets_the_drivers_budget_and_the_cache(tmp_path):
     assert config.data.params.train.target == "ldm.data.latent_cache.LatentCacheDataset"
     assert config.data.params.train.params.path == str((tmp_path / "cache").resolve())
     assert config.model.params.conditioning_key == "crossattn" and "quickstart" not in config
+
+
+def test_a_missing_or_broken_progress_summary_is_an_error_not_zero_steps(tmp_path):
+    from ldm.cli.quickstart_training import read_progress
+
+    with pytest.raises(RuntimeError, match="without its progress summary"):
+        read_progress(tmp_path / "absent.json")
+    (tmp_path / "broken.json").write_text("{not json")
+    with pytest.raises(RuntimeError, match="is not JSON"):
+        read_progress(tmp_path / "broken.json")
+    (tmp_path / "partial.json").write_text('{"steps": 3}')
+    with pytest.raises(RuntimeError, match="lacks"):
+        read_progress(tmp_path / "partial.json")
+    (tmp_path / "good.json").write_text('{"steps": 3, "seconds": 1.5, "steps_per_second": 2.0}')
+    assert read_progress(tmp_path / "good.json")["steps"] == 3
+
+
+def test_the_class_model_anneals_its_learning_rate_over_the_end_of_its_budget(tmp_path):
+    from omegaconf import OmegaConf
+
+    from ldm.cli.quickstart_training import ldm_config_for
+    from ldm.util import instantiate_from_config
+
+    config = OmegaConf.load(ldm_config_for("class", tmp_path, steps=1000))
+    schedule = instantiate_from_config(config.model.params.scheduler_config)
+    # warm-up over 100 steps from 1%, constant 1 until step 700, then linear to 0.1 at step 1000
+    assert schedule.schedule(0) == pytest.approx(0.01)
+    assert schedule.schedule(50) == pytest.approx(0.01 + 0.99 * 50 / 100)
+    assert schedule.schedule(400) == pytest.approx(1.0) and schedule.schedule(700) == pytest.approx(1.0)
+    assert schedule.schedule(850) == pytest.approx(1.0 - 0.9 * 150 / 300)
+    assert schedule.schedule(1000) == pytest.approx(0.1) and schedule.schedule(5000) == pytest.approx(0.1)
+    # the text model keeps the warm-up-then-constant schedule; --fast (3 steps) keeps the warm-up only
+    text = OmegaConf.load(ldm_config_for("text", tmp_path, steps=1000)).model.params.scheduler_config.params
+    assert list(text.cycle_lengths) == [10000000000000]
+    fast_config = OmegaConf.load(ldm_config_for("class", tmp_path, steps=3))
+    fast = instantiate_from_config(fast_config.model.params.scheduler_config)
+    assert fast.schedule(2) == pytest.approx(0.01 + 0.99 * 2 / 100)

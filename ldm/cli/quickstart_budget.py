@@ -6,8 +6,8 @@ diffusion noise repeat; the shapes data are rendered from ``(seed 0, split, inde
 command gives the same model on any machine - only the time it takes varies. The defaults were sized
 from idle-machine rates on a 2-core CPU (1 thread per process, docs/quality.md): autoencoder ~7.6 steps/s
 (2 DDP ranks), then class ~14.4 and text ~7.0 steps/s side by side from the latent cache, so
-3000 / 7.6 + ~35 s of cache + max(4500 / 14.4, 2400 / 7.0) ≈ 780 s of training, plus ~30 s of sampling and
-~90 s of setup: just within 15 minutes. A time box (``--ae-minutes`` / ``--ldm-minutes``) stays available
+2200 / 7.6 + ~35 s of cache + max(6000 / 14.4, 3000 / 7.0) ≈ 750 s of training, plus ~40 s of start-up and
+sampling and ~90 s of setup: within 15 minutes. A time box (``--ae-minutes`` / ``--ldm-minutes``) stays available
 as an explicit cap.
 """
 from __future__ import annotations
@@ -17,9 +17,9 @@ from dataclasses import dataclass, field
 
 @dataclass
 class Budget:
-    ae_steps: int = 3000
-    class_steps: int = 4500
-    text_steps: int = 2400
+    ae_steps: int = 2200
+    class_steps: int = 6000
+    text_steps: int = 3000
     ae_minutes: float | None = None      # optional time box per stage (None: the step budget alone)
     ldm_minutes: float | None = None
     ae_batch_size: int = 16

@@ -40,8 +40,8 @@ def train_and_evaluate(kind: str, budget: Budget, seed: int, ae_ckpt: Path, cach
     """Train the ``kind`` latent model on ``ae_ckpt``'s latents, evaluate it, save its grid; its report part."""
     from ldm.cli.quickstart_eval import evaluate_class_model, evaluate_text_model, save_grid
 
-    config = ldm_config_for(kind, out, cache=cache)
     steps = budget.steps(kind)
+    config = ldm_config_for(kind, out, cache=cache, steps=steps)
     result, checkpoint, seconds = train_in_process(
         config, out / "runs", f"quickstart_ldm_{kind}", steps=steps, minutes=budget.ldm_minutes,
         batch_size=budget.ldm_batch_size, seed=seed, label=f"{kind} LDM", precision=budget.precision,

@@ -65,26 +65,55 @@ def steps_per_second(result) -> float:
 
 
 def read_progress(path: Path) -> dict:
-    """What a stage's progress callback wrote at the end (``steps``, ``seconds``, ``steps_per_second``)."""
+    """What a stage's progress callback wrote at the end (``steps``, ``seconds``, ``steps_per_second``).
+    A stage that finished without writing it (its config lacks the ``quickstart_progress`` callback, or the
+    file is not JSON) is an error: the report would otherwise claim 0 steps."""
     try:
-        return json.loads(Path(path).read_text())
-    except (OSError, ValueError):
-        return {"steps": 0, "seconds": 0.0, "steps_per_second": 0.0}
+        summary = json.loads(Path(path).read_text())
+    except OSError as error:
+        raise RuntimeError(f"the stage finished without its progress summary {path} ({error.strerror}); "
+                           "its config needs the quickstart_progress callback with summary_path") from None
+    except ValueError as error:
+        raise RuntimeError(f"the stage's progress summary {path} is not JSON: {error}") from None
+    missing = {"steps", "seconds", "steps_per_second"} - set(summary)
+    if missing:
+        raise RuntimeError(f"the stage's progress summary {path} lacks {sorted(missing)}")
+    return summary
 
 
-def ldm_config_for(kind: str, out: Path, cache: Path | None = None) -> Path:
+def late_decay_schedule(schedule: dict, steps: int, decay_fraction: float, final_factor: float) -> dict:
+    """``LambdaLinearScheduler`` parameters (``schedule``: its one-cycle warm-up) extended by a linear
+    anneal of the learning rate to ``final_factor`` over the last ``decay_fraction`` of ``steps``: cycle 1
+    is the warm-up and the constant rate, cycle 2 (no warm-up) falls from 1 to ``final_factor``. A budget
+    too short to leave the warm-up (``--fast``) keeps the warm-up only."""
+    if not 0 < decay_fraction < 1 or not 0 <= final_factor <= 1:
+        raise ValueError(f"lr_decay needs 0 < decay_fraction < 1 and 0 <= final_factor <= 1, "
+                         f"got {decay_fraction}, {final_factor}")
+    (warm_up,), (f_start,) = schedule["warm_up_steps"], schedule["f_start"]
+    decay = max(1, round(steps * decay_fraction))
+    return {"warm_up_steps": [warm_up, 0], "cycle_lengths": [max(steps - decay, warm_up), decay],
+            "f_start": [f_start, 1.0], "f_max": [1.0, 1.0], "f_min": [1.0, float(final_factor)]}
+
+
+def ldm_config_for(kind: str, out: Path, cache: Path | None = None, steps: int | None = None) -> Path:
     """``quickstart_ldm.yaml`` with the ``kind`` conditioner (class / text), written under ``out``; with
-    ``cache`` the training split is that latent cache (:class:`ldm.data.latent_cache.LatentCacheDataset`)."""
+    ``cache`` the training split is that latent cache (:class:`ldm.data.latent_cache.LatentCacheDataset`);
+    with ``steps`` (the stage's budget) a conditioner's ``lr_decay`` block anneals the learning rate over
+    the end of that budget (:func:`late_decay_schedule`)."""
     from omegaconf import OmegaConf
 
     config = OmegaConf.load(LDM_CONFIG)
     choices = config.pop("quickstart")["conditioners"]
     if kind not in choices:
         raise ValueError(f"{LDM_CONFIG}: no quickstart.conditioners.{kind}")
-    config.model.params.cond_stage_key = choices[kind].cond_stage_key
-    config.model.params.cond_stage_config = choices[kind].cond_stage_config
-    if "model_params" in choices[kind]:  # e.g. the text model's cross-attention UNet
-        config.model.params = OmegaConf.merge(config.model.params, choices[kind].model_params)
+    choice = choices[kind]
+    config.model.params.cond_stage_key = choice.cond_stage_key
+    config.model.params.cond_stage_config = choice.cond_stage_config
+    if "model_params" in choice:  # e.g. the text model's cross-attention UNet
+        config.model.params = OmegaConf.merge(config.model.params, choice.model_params)
+    if "lr_decay" in choice and steps is not None:
+        schedule = OmegaConf.to_container(config.model.params.scheduler_config.params)
+        config.model.params.scheduler_config.params = late_decay_schedule(schedule, int(steps), **choice.lr_decay)
     if cache is not None:
         config.data.params.train = {"target": "ldm.data.latent_cache.LatentCacheDataset",
                                     "params": {"path": str(Path(cache).resolve())}}
