@@ -83,7 +83,7 @@ def test_a_missing_or_broken_progress_summary_is_an_error_not_zero_steps(tmp_pat
     assert read_progress(tmp_path / "good.json")["steps"] == 3
 
 
-def test_the_class_model_anneals_its_learning_rate_over_the_end_of_its_budget(tmp_path):
+def test_the_latent_models_anneal_their_learning_rate_over_the_end_of_the_budget(tmp_path):
     from omegaconf import OmegaConf
 
     from ldm.cli.quickstart_training import ldm_config_for
@@ -97,9 +97,12 @@ def test_the_class_model_anneals_its_learning_rate_over_the_end_of_its_budget(tm
     assert schedule.schedule(400) == pytest.approx(1.0) and schedule.schedule(700) == pytest.approx(1.0)
     assert schedule.schedule(850) == pytest.approx(1.0 - 0.9 * 150 / 300)
     assert schedule.schedule(1000) == pytest.approx(0.1) and schedule.schedule(5000) == pytest.approx(0.1)
-    # the text model keeps the warm-up-then-constant schedule; --fast (3 steps) keeps the warm-up only
+    # the text model anneals the same way; without a budget (steps=None) the config keeps its plain
+    # warm-up-then-constant schedule; --fast (3 steps) keeps the warm-up only
     text = OmegaConf.load(ldm_config_for("text", tmp_path, steps=1000)).model.params.scheduler_config.params
-    assert list(text.cycle_lengths) == [10000000000000]
+    assert list(text.cycle_lengths) == [700, 300] and list(text.f_min) == [1.0, 0.1]
+    plain = OmegaConf.load(ldm_config_for("class", tmp_path)).model.params.scheduler_config.params
+    assert list(plain.cycle_lengths) == [10000000000000]
     fast_config = OmegaConf.load(ldm_config_for("class", tmp_path, steps=3))
     fast = instantiate_from_config(fast_config.model.params.scheduler_config)
     assert fast.schedule(2) == pytest.approx(0.01 + 0.99 * 2 / 100)
