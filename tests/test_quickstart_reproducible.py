@@ -61,7 +61,7 @@ def test_step_budget_flags(capsys):
         return budget_from_args(build_parser().parse_args(list(argv)))
 
     default = budget()
-    assert (default.ae_steps, default.class_steps, default.text_steps) == (2200, 6000, 3000)
+    assert (default.ae_steps, default.class_steps, default.text_steps) == (2400, 6000, 3000)
     assert default.ae_minutes is None and default.ldm_minutes is None  # no time box unless asked for
     both = budget("--ldm-steps", "50", "--text-steps", "40", "--ae-minutes", "2.5")
     assert (both.class_steps, both.text_steps, both.ae_minutes) == (50, 40, 2.5)

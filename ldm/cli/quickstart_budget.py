@@ -6,7 +6,7 @@ diffusion noise repeat; the shapes data are rendered from ``(seed 0, split, inde
 command gives the same model on any machine - only the time it takes varies. The defaults were sized
 from idle-machine rates on a 2-core CPU (1 thread per process, docs/quality.md): autoencoder ~7.6 steps/s
 (2 DDP ranks), then class ~14.4 and text ~7.0 steps/s side by side from the latent cache, so
-2200 / 7.6 + ~35 s of cache + max(6000 / 14.4, 3000 / 7.0) ≈ 750 s of training, plus ~40 s of start-up and
+2400 / 7.6 + ~35 s of cache + max(6000 / 14.4, 3000 / 7.0) ≈ 780 s of training, plus ~40 s of start-up and
 sampling and ~90 s of setup: within 15 minutes. A time box (``--ae-minutes`` / ``--ldm-minutes``) stays available
 as an explicit cap.
 """
@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 @dataclass
 class Budget:
-    ae_steps: int = 2200
+    ae_steps: int = 2400
     class_steps: int = 6000
     text_steps: int = 3000
     ae_minutes: float | None = None      # optional time box per stage (None: the step budget alone)
