@@ -4,11 +4,11 @@ Every training stage runs a fixed number of optimizer steps from fixed seeds (Li
 ``seed_everything(seed)`` before the model is built, so weights, the shuffled data order and the
 diffusion noise repeat; the shapes data are rendered from ``(seed 0, split, index)``), so the same
 command gives the same model on any machine - only the time it takes varies. The defaults were sized
-from idle-machine rates on a 2-core CPU (1 thread per process, docs/quality.md): autoencoder ~7.6 steps/s
-(2 DDP ranks), then class ~14.4 and text ~7.0 steps/s side by side from the latent cache, so
-2400 / 7.6 + ~35 s of cache + max(6000 / 14.4, 3000 / 7.0) ≈ 780 s of training, plus ~40 s of start-up and
-sampling and ~90 s of setup: within 15 minutes. A time box (``--ae-minutes`` / ``--ldm-minutes``) stays available
-as an explicit cap.
+from idle-machine rates on a 2-core CPU (1 thread per process, docs/quality.md): autoencoder 7.6-9.6 steps/s
+(2 DDP ranks), then class 14.4-16.4 and text 7.0-8.0 steps/s side by side from the latent cache, so
+2400 / 9.5 + ~25 s of cache + max(6000 / 16.4, 3000 / 8.0) ≈ 650 s of training (≈ 780 s at the slowest rates),
+plus ~30 s of start-up and sampling and ~85 s of setup: within 15 minutes. A time box (``--ae-minutes`` /
+``--ldm-minutes``) stays available as an explicit cap.
 """
 from __future__ import annotations
 
